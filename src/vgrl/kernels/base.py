@@ -1,0 +1,102 @@
+"""The kernel contract and the one Gaussian step every stochastic kernel shares."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from vgrl.kernels.options import KernelOptions
+from vgrl.types import Transition
+
+PREDICTIONS = ("epsilon", "v", "flow")
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class Kernel(ABC):
+    """One denoising step ``x_t -> x_next`` given the model's prediction at ``x_t``.
+
+    Subclasses set ``name``, ``stochastic``, ``predictions`` (the prediction types they accept),
+    ``Options`` (a :class:`KernelOptions` model) and ``runtime_args`` (names of runtime objects
+    such as ``scheduler``). All maths runs in float32 whatever the model dtype; ``x_next`` comes
+    back in ``x_t``'s dtype.
+    """
+
+    name: ClassVar[str]
+    stochastic: ClassVar[bool]
+    predictions: ClassVar[tuple[str, ...]]
+    Options: ClassVar[type[KernelOptions]] = KernelOptions
+    runtime_args: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, options: KernelOptions, **runtime: Any) -> None:
+        self.options = options
+        self.reduction = options.reduction
+
+    def check_prediction(self, prediction: str) -> None:
+        if prediction not in self.predictions:
+            raise ValueError(f"kernel {self.name!r} takes prediction in {self.predictions}, got {prediction!r}")
+
+    @abstractmethod
+    def step(self, pred: Tensor, x_t: Tensor, t: Tensor, s: Tensor, *, prediction: str,
+             noise: Tensor | None = None, x_next: Tensor | None = None,
+             generator: torch.Generator | None = None) -> Transition:
+        """Step from time ``t`` to ``s`` (each ``(B,)``); draw ``x_next`` or score the given one."""
+
+    @abstractmethod
+    def ode(self) -> Kernel:
+        """The deterministic kernel this one tends to as its noise goes to zero."""
+
+
+def per_sample(v: Tensor, like: Tensor) -> Tensor:
+    """``(B,)`` -> ``(B, 1, ..., 1)`` float32, broadcastable against ``like``."""
+    v = torch.as_tensor(v, device=like.device)
+    if v.ndim == 0:
+        v = v.expand(like.shape[0])
+    return v.to(torch.float32).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor, reduction: str) -> Tensor:
+    """``(B,)`` log N(x; mean, std^2), summed or averaged over non-batch dims, in float32.
+
+    log N = -(x - mean)^2 / (2 std^2) - log std - log sqrt(2 pi), elementwise.
+    """
+    x, mean, std = x.to(torch.float32), mean.to(torch.float32), std.to(torch.float32)
+    elem = -((x - mean) ** 2) / (2.0 * std**2) - torch.log(std) - _HALF_LOG_2PI
+    dims = tuple(range(1, elem.ndim))
+    if reduction == "mean":
+        return elem.mean(dim=dims)
+    if reduction == "sum":
+        return elem.sum(dim=dims)
+    raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+
+
+def gaussian_step(mean: Tensor, std: Tensor, x_t: Tensor, reduction: str, *, noise: Tensor | None,
+                  x_next: Tensor | None, generator: torch.Generator | None) -> Transition:
+    """Draw ``x_next = mean + std * noise`` (or score the given ``x_next``) and its log-density.
+
+    ``mean`` is float32 ``(B, *S)``; ``std`` float32 broadcastable, strictly positive.
+    """
+    if x_next is not None and noise is not None:
+        raise ValueError("give either noise= (to draw) or x_next= (to score), not both")
+    if x_next is None:
+        if noise is None:
+            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=torch.float32)
+        elif noise.shape != mean.shape:
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(mean.shape)}")
+        x_next = (mean + std * noise.to(torch.float32)).to(x_t.dtype)
+    elif x_next.shape != mean.shape:
+        raise ValueError(f"x_next has shape {tuple(x_next.shape)}, expected {tuple(mean.shape)}")
+    log_prob = gaussian_log_prob(x_next, mean, std, reduction)
+    return Transition(x_next=x_next, mean=mean, std=std, log_prob=log_prob)
+
+
+def deterministic_step(mean: Tensor, x_t: Tensor, *, x_next: Tensor | None) -> Transition:
+    """A deterministic transition: ``x_next = mean``; scoring a given ``x_next`` is refused."""
+    if x_next is not None:
+        from vgrl.types import DeterministicKernelError
+
+        raise DeterministicKernelError("a deterministic (ODE) kernel cannot score a given x_next: it has no density")
+    return Transition(x_next=mean.to(x_t.dtype), mean=mean, std=torch.zeros((), dtype=torch.float32))
