@@ -1,0 +1,26 @@
+"""Backbones: one model family per file, each built from diffusers classes."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vgrl.backbones.base import Backbone
+    from vgrl.config import BackboneConfig
+
+
+def build(cfg: BackboneConfig) -> Backbone:
+    """The backbone a config names: tiny random-init, or loaded from a local diffusers directory."""
+    from vgrl import registry
+
+    cls = registry.resolve("backbones", cfg.name)
+    if cfg.tiny:
+        kwargs = {"resolution": cfg.resolution, "dtype": cfg.dtype}
+        if cfg.prediction is not None:
+            kwargs["prediction"] = cfg.prediction
+        return cls.tiny(**kwargs)
+    backbone = cls.from_pretrained(cfg.path, dtype=cfg.dtype, resolution=cfg.resolution)
+    if cfg.prediction is not None and backbone.prediction != cfg.prediction:
+        raise ValueError(f"backbone.prediction: the model at {cfg.path} predicts {backbone.prediction!r}, "
+                         f"config says {cfg.prediction!r}")
+    return backbone

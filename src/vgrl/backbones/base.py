@@ -1,0 +1,97 @@
+"""The backbone contract: a generator's network seen as ``(x_t, t, cond) -> prediction``.
+
+A backbone knows nothing about RL. It wraps diffusers components (never a pipeline's ``__call__``:
+it re-expresses one denoising step) and reuses the pipeline's own ``encode_prompt`` so that text
+conditioning is exactly the library's.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from vgrl.types import Cond
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class Backbone(ABC):
+    """Maps a noisy sample, its time and a condition to the model's prediction.
+
+    Class attributes:
+        name: registry key.
+        predictions: prediction types the family supports (``epsilon``, ``v``, ``flow``).
+        time_kind: ``"flow"`` (t in [0, 1], 1 = noise) or ``"discrete"`` (integer timesteps).
+        modality: ``"image"``, ``"video"`` or ``"multiview"``.
+    Instance attributes:
+        prediction: the prediction type of this model.
+        sample_shape: shape ``S`` of one sample in the working space (latents or pixels).
+    """
+
+    name: ClassVar[str]
+    predictions: ClassVar[tuple[str, ...]]
+    time_kind: ClassVar[str]
+    modality: ClassVar[str] = "image"
+
+    prediction: str
+    sample_shape: tuple[int, ...]
+
+    @abstractmethod
+    def encode(self, prompts: list[str], *, guidance: bool) -> Cond:
+        """Frozen text conditioning for ``prompts`` (no grad); with ``guidance`` also the empty prompt."""
+
+    @abstractmethod
+    def timesteps(self, num_steps: int) -> Tensor:
+        """``(num_steps + 1,)`` time grid: step ``i`` goes from ``grid[i]`` to ``grid[i + 1]``."""
+
+    @abstractmethod
+    def predict(self, x_t: Tensor, t: Tensor, cond: Cond, guidance_scale: float) -> Tensor:
+        """``(B, *S)`` prediction at ``x_t`` (``(B, *S)``) and time ``t`` (``(B,)``), differentiable.
+
+        Classifier-free guidance is applied here when ``guidance_scale > 1``:
+        ``pred = pred_uncond + w * (pred_cond - pred_uncond)``.
+        """
+
+    @abstractmethod
+    def decode(self, x0: Tensor) -> Tensor:
+        """Pixels in [0, 1]: images ``(B, C, H, W)`` (videos ``(B, F, C, H, W)``, views ``(B, V, C, H, W)``)."""
+
+    @abstractmethod
+    def trainable(self) -> nn.Module:
+        """The module post-training updates (UNet / transformer)."""
+
+    @classmethod
+    @abstractmethod
+    def tiny(cls, **kwargs) -> Backbone:
+        """A random-init model built from real diffusers classes at a tiny config (no download)."""
+
+    @classmethod
+    @abstractmethod
+    def from_pretrained(cls, path: str, **kwargs) -> Backbone:
+        """Load from a local diffusers pipeline directory."""
+
+    def init_noise(self, seeds: Tensor) -> Tensor:
+        """``(B, *S)`` float32 standard normal noise, row ``i`` drawn from its own generator seeded ``seeds[i]``."""
+        return torch.stack([torch.randn(self.sample_shape, generator=seeded(int(s)), dtype=torch.float32)
+                            for s in seeds.tolist()])
+
+    def check_guidance(self, cond: Cond, guidance_scale: float) -> bool:
+        """Whether to run the unconditional branch; raise if it is needed but was not encoded."""
+        if guidance_scale < 1.0:
+            raise ValueError(f"guidance_scale must be >= 1.0 (1.0 = no guidance), got {guidance_scale}")
+        if guidance_scale > 1.0 and cond.uncond_embeds is None:
+            raise ValueError("guidance_scale > 1 needs the unconditional branch: encode(prompts, guidance=True)")
+        return guidance_scale > 1.0
+
+
+def seeded(seed: int) -> torch.Generator:
+    """A CPU generator seeded with ``seed``."""
+    return torch.Generator().manual_seed(seed)
+
+
+def to_unit(images: Tensor) -> Tensor:
+    """Map decoder output in [-1, 1] to pixels in [0, 1] (clamped), as diffusers' post-processing does."""
+    return (images / 2 + 0.5).clamp(0, 1)

@@ -1,0 +1,112 @@
+"""The Stable Diffusion family: ``UNet2DConditionModel`` (epsilon or v), optional ``AutoencoderKL``.
+
+Sampling uses a ``DDIMScheduler`` (DDPO's setting, arXiv 2305.13301); the time grid is the
+scheduler's integer timesteps followed by the last one's DDIM predecessor (negative = final alpha).
+Without an autoencoder the UNet works directly on pixels in [-1, 1] (``decode`` then only rescales).
+Text conditioning is ``StableDiffusionPipeline.encode_prompt``, so prompts encode exactly as in
+diffusers.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from torch import Tensor, nn
+
+from vgrl.backbones import _tiny
+from vgrl.backbones.base import DTYPES, Backbone, to_unit
+from vgrl.types import Cond
+
+
+class SDBackbone(Backbone):
+    """Latent (or pixel) diffusion with a conditional UNet; ``prediction`` in {epsilon, v}."""
+
+    name = "sd"
+    predictions = ("epsilon", "v")
+    time_kind = "discrete"
+
+    def __init__(self, pipe: StableDiffusionPipeline, resolution: int | None = None) -> None:
+        if not isinstance(pipe.scheduler, DDIMScheduler):
+            pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        prediction = {"epsilon": "epsilon", "v_prediction": "v"}.get(pipe.scheduler.config.prediction_type)
+        if prediction is None:
+            raise ValueError(f"scheduler prediction_type {pipe.scheduler.config.prediction_type!r} is not "
+                             "supported by the sd backbone; valid: epsilon, v_prediction")
+        self.pipe = pipe
+        self.unet: UNet2DConditionModel = pipe.unet
+        self.vae = pipe.vae
+        self.scheduler: DDIMScheduler = pipe.scheduler
+        self.prediction = prediction
+        self.dtype = self.unet.dtype
+        size = resolution or self.unet.config.sample_size * self.vae_scale
+        if size % self.vae_scale:
+            raise ValueError(f"resolution {size} must be a multiple of the autoencoder's factor {self.vae_scale}")
+        self.sample_shape = (self.unet.config.in_channels, size // self.vae_scale, size // self.vae_scale)
+
+    @property
+    def vae_scale(self) -> int:
+        return 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str], *, guidance: bool) -> Cond:
+        embeds, uncond = self.pipe.encode_prompt(list(prompts), "cpu", 1, guidance)
+        return Cond(embeds=embeds, uncond_embeds=uncond if guidance else None)
+
+    def timesteps(self, num_steps: int) -> Tensor:
+        self.scheduler.set_timesteps(num_steps)
+        ts = self.scheduler.timesteps.to(torch.long)
+        ratio = self.scheduler.config.num_train_timesteps // num_steps
+        return torch.cat([ts, ts[-1:] - ratio])
+
+    def predict(self, x_t: Tensor, t: Tensor, cond: Cond, guidance_scale: float) -> Tensor:
+        if self.check_guidance(cond, guidance_scale):
+            eps_u, eps_c = self.unet(torch.cat([x_t, x_t]).to(self.dtype), torch.cat([t, t]),
+                                     encoder_hidden_states=torch.cat([cond.uncond_embeds, cond.embeds]),
+                                     return_dict=False)[0].chunk(2)
+            return eps_u + guidance_scale * (eps_c - eps_u)
+        return self.unet(x_t.to(self.dtype), t, encoder_hidden_states=cond.embeds, return_dict=False)[0]
+
+    def decode(self, x0: Tensor) -> Tensor:
+        if self.vae is None:
+            return to_unit(x0.float())
+        images = self.vae.decode(x0.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
+        return to_unit(images.float())
+
+    def trainable(self) -> nn.Module:
+        return self.unet
+
+    @classmethod
+    def tiny(cls, *, prediction: str = "epsilon", resolution: int = 32, vae: bool = True, seed: int = 0,
+             dtype: str = "float32") -> SDBackbone:
+        """Random-init tiny SD: 2-level UNet (cross-attention at the low level), CLIP text encoder."""
+        tokenizer = _tiny.char_tokenizer()
+        text_encoder = _tiny.clip_text(tokenizer, seed, projection=False)
+        autoencoder = _tiny.autoencoder(seed + 1, scaling_factor=0.5) if vae else None
+        channels = 4 if vae else 3
+        torch.manual_seed(seed + 2)
+        unet = UNet2DConditionModel(
+            sample_size=resolution // (2 if vae else 1), in_channels=channels, out_channels=channels,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
+            attention_head_dim=8, norm_num_groups=8)
+        scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                  clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                                  prediction_type={"epsilon": "epsilon", "v": "v_prediction"}[prediction])
+        pipe = StableDiffusionPipeline(vae=autoencoder, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+        if dtype != "float32":
+            pipe.to(DTYPES[dtype])
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe, resolution=resolution)
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, dtype: str = "float32", resolution: int | None = None) -> SDBackbone:
+        pipe = StableDiffusionPipeline.from_pretrained(path, torch_dtype=DTYPES[dtype], safety_checker=None,
+                                                       requires_safety_checker=False, local_files_only=True)
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe, resolution=resolution)
+
+
+COMPONENT = SDBackbone
