@@ -1,0 +1,1 @@
+"""Built-in procedural worlds: data, prompts with metadata, splits and verifiable checkers."""
