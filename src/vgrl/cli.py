@@ -1,0 +1,193 @@
+"""The ``vgrl`` command line: ``validate``, ``sample``, ``pretrain`` and ``eval``.
+
+``validate`` imports only :mod:`vgrl.config` (no torch), so it answers in a fraction of a second;
+commands that run models import them lazily.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from vgrl import __version__
+
+EXIT_OK, EXIT_CONFIG = 0, 2
+
+_OVERRIDES_HELP = ("dotted overrides applied after reading CONFIG, values parsed as YAML, e.g. "
+                   "sampling.num_steps=20 kernel.name=ddim prompts='[a red cube]'")
+
+
+def _steps(steps: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``0-2,5``."""
+    parts, start = [], None
+    for i, s in enumerate(steps):
+        if start is None:
+            start = s
+        if i + 1 == len(steps) or steps[i + 1] != s + 1:
+            parts.append(str(start) if start == s else f"{start}-{s}")
+            start = None
+    return ",".join(parts) or "none"
+
+
+def summary_lines(cfg) -> list[str]:
+    """A compact human summary of a :class:`~vgrl.config.RunConfig`."""
+    bb, sampling, plan = cfg.backbone, cfg.sampling, cfg.sampling.plan
+    source = "tiny random-init" if bb.tiny else bb.path
+    opts = ", ".join(f"{k}={v}" for k, v in cfg.kernel.options().items())
+    plan_text = plan.kind if plan.kind != "window" else (
+        f"window (start {plan.window_start}, size {plan.window_size})")
+    n_prompts = cfg.batch_size // cfg.group_size
+    return [
+        f"  backbone  {bb.name} ({source}), prediction {bb.prediction}, {bb.dtype}, {bb.resolution}px",
+        f"  kernel    {cfg.kernel.name}" + (f" ({opts})" if opts else ""),
+        f"  sampling  {sampling.num_steps} steps, guidance {sampling.guidance_scale:g}"
+        f"{' (no CFG)' if sampling.guidance_scale == 1 else ''}, plan {plan_text}; "
+        f"SDE steps {_steps(sampling.sde_steps())}, recorded {_steps(sampling.recorded_steps())}",
+        f"  batch     {cfg.batch_size} images = {n_prompts} prompt(s) x group {cfg.group_size} "
+        f"({len(cfg.prompts)} prompts given), seed {cfg.seed}, "
+        + ("deterministic" if cfg.deterministic else "non-deterministic"),
+    ]
+
+
+def _load(args: argparse.Namespace):
+    """The validated config, or ``None`` after printing the errors to stderr."""
+    from vgrl.config import ConfigError, load_config
+
+    try:
+        return load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"error: {e.file or args.config}", file=sys.stderr)
+        for message in e.messages:
+            print(f"  {message}", file=sys.stderr)
+        return None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check a config (and overrides) without loading any model; print a summary."""
+    cfg = _load(args)
+    if cfg is None:
+        return EXIT_CONFIG
+    if args.print_config:  # stays valid YAML: the OK line is a comment
+        from vgrl.config import dump_config
+
+        print(f"# OK: {args.config}\n{dump_config(cfg)}", end="")
+    else:
+        print(f"OK: {args.config}\n" + "\n".join(summary_lines(cfg)))
+    return EXIT_OK
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Load a config and run one rollout, writing a grid and a summary to the output folder."""
+    cfg = _load(args)
+    if cfg is None:
+        return EXIT_CONFIG
+    from vgrl.sample import run  # heavy: torch, diffusers
+
+    run(cfg, args.out or cfg.run_dir or "runs/sample")
+    return EXIT_OK
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Train a small base generator on a built-in world and save it as a diffusers pipeline."""
+    from vgrl.pretrain import PretrainSettings, run
+
+    settings = PretrainSettings(family=args.family, world=args.world, steps=args.steps, batch_size=args.batch_size,
+                                lr=args.lr, seed=args.seed, vae=args.vae, vae_steps=args.vae_steps,
+                                threads=args.threads)
+    path = run(settings, args.out)
+    print(f"saved {path}")
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Per-category checker accuracy of a pipeline directory on a world's prompt split."""
+    from vgrl.evaluation.world_eval import run
+
+    run(args.model, args.world, args.split, per_category=args.samples_per_category, num_steps=args.steps,
+        guidance_scale=args.guidance, seed=args.seed, out_dir=args.out, kernel=args.kernel)
+    return EXIT_OK
+
+
+def _add_pretrain(sub) -> None:
+    p = sub.add_parser("pretrain", help="train a small base generator on a built-in world",
+                       description="Train an autoencoder, a text encoder and a denoiser (sd: UNet, v-prediction; "
+                                   "flow: SD3 transformer, rectified flow) on a world's training prompts and save a "
+                                   "diffusers pipeline directory under OUT/pipeline with its loss curve.")
+    p.add_argument("--world", default="shapes", help="built-in world (default: shapes)")
+    p.add_argument("--family", choices=("sd", "flow"), default="sd", help="model family (default: sd)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--steps", type=int, default=2000, help="denoiser training steps (default: 2000)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
+    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default: 3e-4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data, init and noise (default: 0)")
+    p.add_argument("--vae", default=None, metavar="DIR", help="reuse a trained AutoencoderKL instead of training one")
+    p.add_argument("--vae-steps", type=int, default=600, help="autoencoder training steps (default: 600)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    p.set_defaults(func=cmd_pretrain)
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="per-category checker accuracy of a model on a world split",
+                       description="Sample fixed prompts with fixed seeds (deterministic sampler unless --kernel "
+                                   "says otherwise), score them with the world's checker, print a per-category "
+                                   "table and write OUT/eval.json and OUT/grid.png.")
+    p.add_argument("--model", required=True, metavar="PATH", help="diffusers pipeline directory")
+    p.add_argument("--world", default="shapes", help="built-in world (default: shapes)")
+    p.add_argument("--split", default="heldout", help="prompt split: heldout | train | paraphrase (default: heldout)")
+    p.add_argument("--samples-per-category", type=int, default=128, help="samples per category (default: 128)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's vgrl.json, else 10)")
+    p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's vgrl.json, else 1)")
+    p.add_argument("--kernel", default="ode", help="sampling kernel (default: ode, deterministic)")
+    p.add_argument("--seed", type=int, default=0, help="evaluation-set seed (default: 0)")
+    p.add_argument("--out", default="runs/eval", metavar="DIR", help="output folder (default: runs/eval)")
+    p.set_defaults(func=cmd_eval)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``vgrl`` argument parser with its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="vgrl", description="RL and preference optimisation for diffusion / flow-matching image generators.",
+        epilog="Run 'vgrl COMMAND --help' for a command's options.")
+    parser.add_argument("--version", action="version", version=f"vgrl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("validate", help="check a config without loading models (fast, no torch)",
+                       description="Validate a run config: every field, unknown keys, and cross-field rules "
+                                   "(kernel vs backbone prediction, step plan, batch shape). Prints 'OK' and a "
+                                   "summary; exits 2 with one line per problem otherwise.")
+    p.add_argument("config", metavar="CONFIG", help="YAML config file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+    p.add_argument("--print-config", action="store_true",
+                   help="print the fully resolved config (all defaults filled in) instead of the summary")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("sample", help="sample a batch of images from a config",
+                       description="Run one rollout (backbone x kernel x step plan) from a config and write the "
+                                   "resolved config, an image grid and per-step log-probability statistics.")
+    p.add_argument("config", metavar="CONFIG", help="YAML config file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="output folder (default: the config's run_dir, else runs/sample)")
+    p.set_defaults(func=cmd_sample)
+    _add_pretrain(sub)
+    _add_eval(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``vgrl`` command; returns the exit status."""
+    parser = build_parser()
+    # Overrides may follow options (``validate C --print-config a.b=c``): argparse leaves them over.
+    args, extra = parser.parse_known_args(argv)
+    takes_overrides = "overrides" in vars(args)
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a or not takes_overrides]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if takes_overrides:
+        args.overrides = [*args.overrides, *extra]
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

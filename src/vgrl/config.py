@@ -1,0 +1,474 @@
+"""Run configuration: pydantic models, YAML load / dump, dotted overrides and one-line errors.
+
+This module imports no torch (nor diffusers / transformers): ``vgrl validate`` reads a config, checks
+every field and every cross-field rule (kernel x backbone prediction, step plan, batch shape) and
+answers in a fraction of a second. Every model forbids unknown keys; every error is one line that
+starts with the dotted path of the offending field and says what would be valid.
+
+A config file looks like ``configs/sample.yaml``; :func:`dump_config` writes the fully resolved form
+(all defaults filled in), which loads back to an equal :class:`RunConfig`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, NoReturn
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
+                      model_validator)
+from pydantic_core import PydanticCustomError
+
+from vgrl import registry
+from vgrl.kernels.options import BUILTIN as KERNEL_OPTIONS
+from vgrl.kernels.options import KernelOptions
+
+# Torch-free capability tables, so that validation can pair kernels with backbones without importing
+# a model. A conformance test keeps them in sync with ``Backbone.predictions`` / ``Kernel.predictions``.
+BACKBONE_PREDICTIONS: dict[str, tuple[str, ...]] = {"sd": ("epsilon", "v"), "flow": ("flow",)}
+KERNEL_PREDICTIONS: dict[str, tuple[str, ...]] = {
+    "ddim": ("epsilon", "v"),
+    "flow_sde": ("flow",),
+    "dance_sde": ("flow",),
+    "cps": ("flow",),
+    "ode": ("epsilon", "v", "flow"),
+}
+# diffusers scheduler ``prediction_type`` -> vgrl prediction, read from a local sd pipeline directory.
+SD_PREDICTION_TYPES = {"epsilon": "epsilon", "v_prediction": "v"}
+
+_TAG = "vgrl_config"  # pydantic error type of our own checks; ctx["problems"] holds (sub-loc, message)
+_MODEL = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class ConfigError(ValueError):
+    """An invalid config: ``messages`` are one line each, starting with the dotted field path."""
+
+    def __init__(self, messages: Sequence[str], file: str | os.PathLike | None = None):
+        self.messages = list(messages)
+        self.file = None if file is None else str(file)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        head = f"invalid config {self.file}" if self.file else "invalid config"
+        return head + ":\n" + "\n".join(f"  {m}" for m in self.messages)
+
+
+def _fail(problems: Sequence[tuple[tuple, str]]) -> NoReturn:
+    """Raise a pydantic error carrying ``(loc relative to the current model, message)`` pairs."""
+    summary = "; ".join(f"{_dotted(loc) or '<here>'}: {msg}" for loc, msg in problems)
+    raise PydanticCustomError(_TAG, "{summary}", {"summary": summary, "problems": list(problems)})
+
+
+def _dotted(loc: Sequence[Any]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _suggest(word: Any, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_component(kind: str, name: str, builtins: Sequence[str]) -> None:
+    """Fail unless ``name`` is a known built-in of ``kind`` or of the form ``package.module:Class``."""
+    if registry.is_external(name):
+        try:
+            registry.check_name(kind, name)
+        except registry.RegistryError as e:
+            _fail([((), str(e))])
+        return
+    known = sorted(set(builtins) | set(registry.available(kind)))
+    if name not in known:
+        _fail([((), f"unknown {kind[:-1]} {name!r}{_suggest(name, known)}; valid: {', '.join(known)} "
+                    "(or 'package.module:Class' for an out-of-tree one)")])
+
+
+class BackboneConfig(BaseModel):
+    """The generator network: a built-in family (``sd`` or ``flow``) or ``"package.module:Class"``."""
+
+    model_config = _MODEL
+
+    name: str = Field("flow", description="backbone family: sd | flow | package.module:Class")
+    path: str | None = Field(None, description="local diffusers pipeline directory (relative to the cwd)")
+    tiny: bool = Field(False, description="random-init tiny test model instead of a path")
+    prediction: Literal["epsilon", "v", "flow"] | None = Field(
+        None, description="network output; defaults from the backbone (sd: epsilon or the scheduler's, flow: flow)")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    resolution: int = Field(32, ge=8, le=4096, multiple_of=8, description="image side in pixels")
+
+    @field_validator("name")
+    @classmethod
+    def _known_name(cls, name: str) -> str:
+        _check_component("backbones", name, tuple(BACKBONE_PREDICTIONS))
+        return name
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, path: str | None) -> str | None:
+        if path is not None and not (path.strip() and Path(path).expanduser().exists()):
+            what = "empty path" if not path.strip() else f"{path!r} does not exist"
+            _fail([((), f"{what}; expected a local diffusers pipeline directory (or null with tiny: true)")])
+        return path
+
+    @model_validator(mode="after")
+    def _resolve(self) -> BackboneConfig:
+        if (self.path is None) != self.tiny:
+            loc, what = (("tiny",), "true together with path") if self.tiny else (("path",), "missing")
+            _fail([(loc, f"{what}; set exactly one of path (a local diffusers directory) or tiny: true")])
+        supported = BACKBONE_PREDICTIONS.get(self.name)
+        if supported is None:  # out-of-tree backbone: its prediction is whatever the config says
+            return self
+        found = self._path_prediction()
+        if self.prediction is None:
+            self.prediction = found or supported[0]
+        elif self.prediction not in supported:
+            _fail([(("prediction",), f"{self.prediction!r} is not supported by backbone {self.name!r}; "
+                                     f"valid: {', '.join(supported)}")])
+        elif found is not None and found != self.prediction:
+            _fail([(("prediction",), f"{self.prediction!r} but the model at {self.path} predicts {found!r} "
+                                     f"(its scheduler config); valid: {found!r} or null")])
+        return self
+
+    def _path_prediction(self) -> str | None:
+        """The prediction a local built-in pipeline declares (sd: scheduler prediction_type), if any."""
+        if self.path is None:
+            return None
+        root = Path(self.path).expanduser()
+        if not (root / "model_index.json").is_file():
+            _fail([(("path",), f"{self.path!r} is not a diffusers pipeline directory (no model_index.json)")])
+        if self.name != "sd":
+            return None
+        try:
+            kind = json.loads((root / "scheduler" / "scheduler_config.json").read_text()).get("prediction_type")
+        except (OSError, ValueError, AttributeError):
+            return None
+        if kind is not None and kind not in SD_PREDICTION_TYPES:
+            _fail([(("path",), f"the scheduler at {self.path} has prediction_type {kind!r}; the sd backbone "
+                               f"supports: {', '.join(SD_PREDICTION_TYPES)}")])
+        return SD_PREDICTION_TYPES.get(kind)
+
+
+class KernelConfig(BaseModel):
+    """The transition kernel: ``name`` plus that kernel's options, flat in YAML.
+
+    ``kernel: {name: flow_sde, noise_level: 0.5}``. A built-in kernel's options are validated (and
+    completed with defaults) by its model in :mod:`vgrl.kernels.options`; an out-of-tree
+    ``"package.module:Class"`` kernel's options pass through unchecked.
+    """
+
+    model_config = _MODEL
+
+    name: str = Field("flow_sde", description="ddim | flow_sde | dance_sde | cps | ode | package.module:Class")
+    opts: dict[str, Any] = Field(default_factory=dict, repr=False, description="internal: the options")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_options(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out: dict[str, Any] = {"opts": {k: v for k, v in data.items() if k != "name"}}
+        if "name" in data:
+            out["name"] = data["name"]
+        return out
+
+    @field_validator("name")
+    @classmethod
+    def _known_name(cls, name: str) -> str:
+        _check_component("kernels", name, tuple(KERNEL_OPTIONS))
+        return name
+
+    @model_validator(mode="after")
+    def _check_options(self) -> KernelConfig:
+        model = KERNEL_OPTIONS.get(self.name)
+        if model is None:  # out-of-tree kernel: its own constructor checks the options
+            return self
+        try:
+            self.opts = model.model_validate(self.opts, strict=True).model_dump()
+        except ValidationError as e:
+            valid = sorted(model.model_fields)
+            _fail([(tuple(err["loc"]), _describe(err, valid, noun="option", owner=f" for kernel {self.name!r}"))
+                   for err in e.errors()])
+        own_first = sorted(self.opts, key=lambda k: k in KernelOptions.model_fields)  # eta before reduction
+        self.opts = {k: self.opts[k] for k in own_first}
+        return self
+
+    @model_serializer(mode="plain")
+    def _flat(self) -> dict[str, Any]:
+        return {"name": self.name, **self.opts}
+
+    def options(self) -> dict[str, Any]:
+        """The kernel's validated options (defaults filled in for built-ins), without ``name``."""
+        return dict(self.opts)
+
+
+class PlanConfig(BaseModel):
+    """Which steps are stochastic (SDE) and which of those are recorded for training.
+
+    ``all``: every step stochastic (DDPO, Flow-GRPO); ``window``: ``window_size`` SDE steps from
+    ``window_start``, ODE elsewhere (MixGRPO, Flow-GRPO-Fast); ``ode``: fully deterministic.
+    """
+
+    model_config = _MODEL
+
+    kind: Literal["all", "window", "ode"] = "all"
+    window_start: int = Field(0, ge=0, description="first SDE step of a window plan")
+    window_size: int = Field(2, ge=1, description="number of SDE steps of a window plan")
+    record: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="SDE step indices to record; null records every SDE step")
+
+
+class SamplingConfig(BaseModel):
+    """The sampler: number of steps, classifier-free guidance and the step plan."""
+
+    model_config = _MODEL
+
+    num_steps: int = Field(10, ge=1, le=1000)
+    guidance_scale: float = Field(1.0, ge=1.0, description="1.0 means no classifier-free guidance")
+    plan: PlanConfig = Field(default_factory=PlanConfig)
+
+    def sde_steps(self) -> list[int]:
+        """Indices of the stochastic steps of the plan."""
+        plan, n = self.plan, self.num_steps
+        if plan.kind == "ode":
+            return []
+        if plan.kind == "window":
+            return list(range(plan.window_start, min(n, plan.window_start + plan.window_size)))
+        return list(range(n))
+
+    def recorded_steps(self) -> list[int]:
+        """Indices of the steps whose transitions (and log-probabilities) are recorded."""
+        return self.sde_steps() if self.plan.record is None else list(self.plan.record)
+
+    @model_validator(mode="after")
+    def _check_plan(self) -> SamplingConfig:
+        plan, n = self.plan, self.num_steps
+        if plan.kind == "window" and plan.window_start >= n:
+            _fail([(("plan", "window_start"), f"{plan.window_start} is not a step of {n}; valid: 0..{n - 1}")])
+        if plan.kind == "window" and plan.window_start + plan.window_size > n:
+            _fail([(("plan", "window_size"), f"window_start {plan.window_start} + window_size "
+                                             f"{plan.window_size} exceeds num_steps {n}; valid: "
+                                             f"1..{n - plan.window_start}")])
+        if plan.record is None:
+            return self
+        where = ("plan", "record")
+        dups = sorted({i for i in plan.record if plan.record.count(i) > 1})
+        if dups:
+            _fail([(where, f"duplicate step(s) {dups}")])
+        sde = self.sde_steps()
+        bad = [i for i in plan.record if i not in sde]
+        if bad and not sde:
+            _fail([(where, f"{plan.record} but plan kind 'ode' has no SDE steps to record; valid: null or []")])
+        if bad:
+            _fail([(where, f"step(s) {bad} are not SDE steps of plan kind {plan.kind!r} with num_steps {n}; "
+                           f"valid: {sde[0]}..{sde[-1]}")])
+        plan.record = sorted(plan.record)
+        return self
+
+
+class RunConfig(BaseModel):
+    """A whole run: seed, backbone, kernel, sampler, prompts and batch shape."""
+
+    model_config = _MODEL
+
+    seed: int = Field(0, ge=0, lt=2**63)
+    backbone: BackboneConfig
+    kernel: KernelConfig = Field(default_factory=KernelConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    prompts: list[str] = Field(min_length=1, description="prompts, cycled to fill batch_size // group_size")
+    batch_size: int = Field(8, ge=1, description="images per batch")
+    group_size: int = Field(1, ge=1, description="samples per prompt")
+    deterministic: bool = Field(True, description="fp32 deterministic CPU mode")
+    run_dir: str | None = Field(None, min_length=1, description="output directory")
+
+    @field_validator("prompts")
+    @classmethod
+    def _non_blank(cls, prompts: list[str]) -> list[str]:
+        blank = [((i,), "empty prompt; every prompt needs text") for i, p in enumerate(prompts) if not p.strip()]
+        if blank:
+            _fail(blank)
+        return prompts
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RunConfig:
+        problems: list[tuple[tuple, str]] = []
+        b, g = self.batch_size, self.group_size
+        if b % g:
+            problems.append((("batch_size",), f"{b} is not divisible by group_size {g}; valid: a multiple "
+                                              f"of {g}, e.g. {g * max(1, b // g)}"))
+        pred, kernel = self.backbone.prediction, self.kernel.name
+        accepts = KERNEL_PREDICTIONS.get(kernel)
+        if pred is not None and accepts is not None and pred not in accepts:
+            valid = sorted(k for k, preds in KERNEL_PREDICTIONS.items() if pred in preds)
+            problems.append((("kernel", "name"), f"{kernel!r} cannot step a {pred!r}-prediction backbone "
+                                                 f"({self.backbone.name!r}); valid kernels for it: {', '.join(valid)}"))
+        if kernel == "ode" and self.sampling.plan.kind != "ode":
+            problems.append((("sampling", "plan", "kind"), f"{self.sampling.plan.kind!r} has stochastic steps "
+                                                           "but kernel 'ode' is deterministic; valid with "
+                                                           "kernel 'ode': 'ode' (or pick a stochastic kernel)"))
+        if self.deterministic and self.backbone.dtype != "float32":
+            problems.append((("backbone", "dtype"), f"{self.backbone.dtype!r} with deterministic: true "
+                                                    "(deterministic mode is fp32); valid: 'float32', "
+                                                    "or set deterministic: false"))
+        if problems:
+            _fail(problems)
+        return self
+
+
+def _describe(err: dict, valid: Sequence[str] | None, noun: str = "key", owner: str = "") -> str:
+    """One readable message (without the path) for one pydantic error."""
+    kind, loc, value = err["type"], err["loc"], err.get("input")
+    if kind == "extra_forbidden":
+        key = loc[-1] if loc else "?"
+        tail = f"; valid {noun}s: {', '.join(valid)}" if valid is not None else ""
+        return f"unknown {noun} {key!r}{owner}{_suggest(key, valid or ())}{tail}"
+    if kind == "missing":
+        return "missing (required)"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"expected a mapping of keys, got {type(value).__name__} {_short(value)}"
+    return f"{err['msg'][:1].lower()}{err['msg'][1:]}; got {_short(value)}"
+
+
+def _valid_keys(loc: Sequence[Any], root: type[BaseModel] = RunConfig) -> list[str] | None:
+    """The keys allowed in the mapping that holds ``loc`` (None when that is not a config model)."""
+    model = root
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        sub = field.annotation if field is not None else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return None
+        model = sub
+    return [name for name in model.model_fields if name != "opts"]
+
+
+def error_messages(err: ValidationError) -> list[str]:
+    """One line per problem in ``err`` (from validating a :class:`RunConfig`), each led by its path."""
+    lines: list[str] = []
+    for e in err.errors(include_url=False):
+        loc = tuple(e["loc"])
+        if e["type"] == _TAG:
+            found = [(loc + tuple(sub), msg) for sub, msg in e["ctx"]["problems"]]
+        else:
+            found = [(loc, _describe(e, _valid_keys(loc)))]
+        for where, msg in found:
+            line = f"{_dotted(where) or '<config>'}: {msg}"
+            if line not in lines:
+                lines.append(line)
+    return lines
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys (PyYAML silently keeps the last)."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict:
+    loader.flatten_mapping(node)
+    seen: set = set()
+    for key_node, _ in node.value:
+        if isinstance(key_node, yaml.ScalarNode):
+            key = loader.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"], path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{path}: cannot read: {e}"], path) from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError([f"{where}: invalid YAML: {problem}"], path) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of keys ("
+                           f"{', '.join(RunConfig.model_fields)}), got {type(data).__name__}"], path)
+    return data
+
+
+_KEY = re.compile(r"[A-Za-z0-9_]+")
+
+
+def apply_overrides(data: dict, overrides: Sequence[str], file: str | None = None) -> dict:
+    """Set each dotted ``a.b=c`` in ``data`` (in place; values parsed as YAML) and return it."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(_KEY.fullmatch(p) for p in parts):
+            raise ConfigError([f"override {item!r}: expected KEY=VALUE with a dotted KEY, "
+                               "e.g. sampling.num_steps=20"], file)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError([f"{'.'.join(parts)}: override {item!r}: value is not valid YAML "
+                               f"({getattr(e, 'problem', None) or e})"], file) from None
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                raise ConfigError([f"{where}: override {item!r} goes through {where}, which is "
+                                   f"{type(child).__name__} {_short(child)}, not a mapping"], file)
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def validate_config(data: Any, file: str | os.PathLike | None = None) -> RunConfig:
+    """A :class:`RunConfig` from plain data, or :class:`ConfigError` with one line per problem."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(error_messages(e), file) from None
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a YAML config, apply dotted ``a.b=c`` overrides, validate; raises :class:`ConfigError`."""
+    data = _read_yaml(Path(path))
+    apply_overrides(data, overrides, str(path))
+    return validate_config(data, path)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """YAML of the fully resolved config (every default filled in); loads back to an equal config."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, default_flow_style=False,
+                          allow_unicode=True)
+
+
+def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
+    """Write :func:`dump_config` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(dump_config(cfg))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
