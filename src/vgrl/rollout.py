@@ -78,7 +78,7 @@ def kernel_for(backbone: Backbone, name: str, **options) -> Kernel:
         valid = [k for k in kernels.available() if backbone.prediction in registry.resolve("kernels", k).predictions]
         raise ValueError(f"kernel {name!r} cannot step a {backbone.prediction!r}-prediction backbone "
                          f"({backbone.name!r}); valid kernels for it: {', '.join(valid)}")
-    if "scheduler" in cls.runtime_args:
+    if "scheduler" in cls.runtime_args and backbone.time_kind == "discrete":
         options.setdefault("scheduler", backbone.scheduler)
     return kernels.get(name, **options)
 

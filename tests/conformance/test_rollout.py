@@ -10,7 +10,7 @@ from vgrl.rollout import StepPlan, kernel_for, recompute_log_prob, rollout
 
 STEPS = 4
 PROMPTS = ["a red circle", "two blue squares", "three yellow crosses", "a cyan square"]
-PLANS = {
+PLANS = {  # cps variants: see _plan
     "all": StepPlan.all(STEPS),
     "window": StepPlan.window(STEPS, start=1, size=2),
     "subset": StepPlan.all(STEPS, record=[0, 3]),
@@ -36,10 +36,18 @@ def test_every_stochastic_kernel_has_a_backbone():
     assert stochastic == {name for _, name in PAIRS}
 
 
+def _plan(plan_name: str, kernel_name: str) -> StepPlan:
+    """cps has no noise on the step into s = 0 (and refuses it): its 'all' plans end with an ODE step."""
+    plan = PLANS[plan_name]
+    if kernel_name == "cps" and plan.sde[-1]:
+        return StepPlan(plan.sde[:-1] + (False,), tuple(i for i in plan.record if i < STEPS - 1))
+    return plan
+
+
 @pytest.mark.parametrize("plan_name", list(PLANS))
 @pytest.mark.parametrize("key,kernel_name", PAIRS)
 def test_recompute_equals_recorded(tiny_backbones, key, kernel_name, plan_name):
-    bb, plan = tiny_backbones[key], PLANS[plan_name]
+    bb, plan = tiny_backbones[key], _plan(plan_name, kernel_name)
     kernel = kernel_for(bb, kernel_name)
     traj = rollout(bb, kernel, bb.encode(PROMPTS, guidance=True), STEPS, plan, torch.Generator().manual_seed(0),
                    guidance_scale=2.0)
@@ -58,7 +66,7 @@ def test_sample_alone_equals_sample_in_batch_of_8(tiny_backbones, key, kernel_na
     kernel = kernel_for(bb, kernel_name)
     prompts = (PROMPTS * 2)[:8]
     seeds = torch.arange(100, 108)
-    plan = StepPlan.all(STEPS)
+    plan = _plan("all", kernel_name)
     batch = rollout(bb, kernel, bb.encode(prompts, guidance=False), STEPS, plan, seeds=seeds)
     for i in (0, 5):
         alone = rollout(bb, kernel, bb.encode([prompts[i]], guidance=False), STEPS, plan, seeds=seeds[i:i + 1])
@@ -113,6 +121,14 @@ def _state_before(bb, ode_kernel, cond, upto):
             pred = bb.predict(x, grid[i].expand(1), cond, 1.0)
             x = ode_kernel.step(pred, x, grid[i].expand(1), grid[i + 1].expand(1), prediction="flow").x_next
     return x
+
+
+def test_cps_refuses_the_noiseless_final_step(tiny_backbones):
+    from vgrl.kernels.base import ZeroNoiseError
+
+    bb = tiny_backbones["flow"]
+    with pytest.raises(ZeroNoiseError):
+        rollout(bb, kernel_for(bb, "cps"), bb.encode(PROMPTS, guidance=False), STEPS, StepPlan.all(STEPS))
 
 
 def test_bad_plans_and_kernels_raise(tiny_backbones):

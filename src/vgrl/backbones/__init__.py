@@ -24,3 +24,23 @@ def build(cfg: BackboneConfig) -> Backbone:
         raise ValueError(f"backbone.prediction: the model at {cfg.path} predicts {backbone.prediction!r}, "
                          f"config says {cfg.prediction!r}")
     return backbone
+
+
+PIPELINE_FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusion3Pipeline": "flow"}
+
+
+def load(path: str, *, dtype: str = "float32") -> Backbone:
+    """Load a local diffusers pipeline directory with the backbone family its ``model_index.json`` names."""
+    import json
+    from pathlib import Path
+
+    from vgrl import registry
+
+    index = Path(path) / "model_index.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"{path} is not a diffusers pipeline directory (no model_index.json)")
+    cls_name = json.loads(index.read_text()).get("_class_name")
+    if cls_name not in PIPELINE_FAMILIES:
+        raise ValueError(f"{index}: pipeline class {cls_name!r} has no vgrl backbone; "
+                         f"supported: {', '.join(PIPELINE_FAMILIES)}")
+    return registry.resolve("backbones", PIPELINE_FAMILIES[cls_name]).from_pretrained(path, dtype=dtype)

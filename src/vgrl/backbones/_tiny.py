@@ -16,7 +16,7 @@ from diffusers import AutoencoderKL
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-MAX_TOKENS = 24
+MAX_TOKENS = 48
 
 
 def char_tokenizer(max_length: int = MAX_TOKENS) -> CLIPTokenizer:
@@ -25,10 +25,7 @@ def char_tokenizer(max_length: int = MAX_TOKENS) -> CLIPTokenizer:
     vocab = {tok: i for i, tok in enumerate(symbols + [s + "</w>" for s in symbols])}
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    folder = Path(tempfile.mkdtemp(prefix="vgrl-tok-"))
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
+    return _clip_tokenizer(vocab, [], max_length)
 
 
 def clip_config(tokenizer: CLIPTokenizer, hidden: int = 32, projection: int = 32) -> CLIPTextConfig:
@@ -53,3 +50,36 @@ def autoencoder(seed: int, latent_channels: int = 4, **extra) -> AutoencoderKL:
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
         block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8, sample_size=32, **extra).eval()
+
+
+def word_tokenizer(words: list[str], max_length: int = MAX_TOKENS) -> CLIPTokenizer:
+    """A CLIP tokenizer in which each of ``words`` is one token (other text falls back to characters).
+
+    BPE merges build every word left to right, so ``"red"`` -> ``["red</w>"]``; the byte symbols stay
+    in the vocabulary, so unseen words still tokenize (as characters).
+    """
+    symbols = list(bytes_to_unicode().values())
+    tokens = symbols + [s + "</w>" for s in symbols]
+    merges: list[str] = []
+    for word in sorted({w.lower() for w in words}):
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        prefix = parts[0]
+        for part in parts[1:]:
+            merge = f"{prefix} {part}"
+            prefix = prefix + part
+            if merge not in merges:
+                merges.append(merge)
+                tokens.append(prefix)
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return _clip_tokenizer(vocab, merges, max_length)
+
+
+def _clip_tokenizer(vocab: dict[str, int], merges: list[str], max_length: int) -> CLIPTokenizer:
+    """A CLIPTokenizer from an in-memory vocabulary and merge list (files live only while loading)."""
+    with tempfile.TemporaryDirectory(prefix="vgrl-tok-") as tmp:
+        folder = Path(tmp)
+        (folder / "vocab.json").write_text(json.dumps(vocab))
+        (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges))
+        return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)

@@ -7,7 +7,9 @@ conditioning is exactly the library's.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -95,3 +97,12 @@ def seeded(seed: int) -> torch.Generator:
 def to_unit(images: Tensor) -> Tensor:
     """Map decoder output in [-1, 1] to pixels in [0, 1] (clamped), as diffusers' post-processing does."""
     return (images / 2 + 0.5).clamp(0, 1)
+
+
+META_FILE = "vgrl.json"
+
+
+def read_meta(path: str | Path) -> dict:
+    """The ``vgrl.json`` a vgrl-trained pipeline directory carries (sampling settings), or ``{}``."""
+    meta = Path(path) / META_FILE
+    return json.loads(meta.read_text()) if meta.is_file() else {}

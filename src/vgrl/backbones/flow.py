@@ -9,12 +9,15 @@ as in diffusers. Without an autoencoder the transformer works on pixels in [-1, 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 from torch import Tensor, nn
 
 from vgrl.backbones import _tiny
-from vgrl.backbones.base import DTYPES, Backbone, to_unit
+from vgrl.backbones.base import DTYPES, Backbone, read_meta, to_unit
 from vgrl.types import Cond
 
 
@@ -110,9 +113,15 @@ class FlowBackbone(Backbone):
 
     @classmethod
     def from_pretrained(cls, path: str, *, dtype: str = "float32", resolution: int | None = None,
-                        max_sequence_length: int = 256) -> FlowBackbone:
-        pipe = StableDiffusion3Pipeline.from_pretrained(path, torch_dtype=DTYPES[dtype], local_files_only=True)
+                        max_sequence_length: int | None = None) -> FlowBackbone:
+        """Load a ``StableDiffusion3Pipeline`` directory (components saved as null, e.g. no T5, load as None);
+        a vgrl-trained one carries its T5 sequence length in vgrl.json."""
+        index = json.loads((Path(path) / "model_index.json").read_text())
+        absent = {k: None for k, v in index.items() if isinstance(v, list) and v == [None, None]}
+        pipe = StableDiffusion3Pipeline.from_pretrained(path, dtype=DTYPES[dtype], local_files_only=True, **absent)
         pipe.set_progress_bar_config(disable=True)
+        if max_sequence_length is None:
+            max_sequence_length = read_meta(path).get("max_sequence_length", 256)
         return cls(pipe, resolution=resolution, max_sequence_length=max_sequence_length)
 
 

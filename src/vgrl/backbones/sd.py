@@ -103,7 +103,7 @@ class SDBackbone(Backbone):
 
     @classmethod
     def from_pretrained(cls, path: str, *, dtype: str = "float32", resolution: int | None = None) -> SDBackbone:
-        pipe = StableDiffusionPipeline.from_pretrained(path, torch_dtype=DTYPES[dtype], safety_checker=None,
+        pipe = StableDiffusionPipeline.from_pretrained(path, dtype=DTYPES[dtype], safety_checker=None,
                                                        requires_safety_checker=False, local_files_only=True)
         pipe.set_progress_bar_config(disable=True)
         return cls(pipe, resolution=resolution)

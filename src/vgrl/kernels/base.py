@@ -50,6 +50,55 @@ class Kernel(ABC):
         """The deterministic kernel this one tends to as its noise goes to zero."""
 
 
+class ZeroNoiseError(ValueError):
+    """A stochastic kernel was asked to draw or score a step whose standard deviation is zero.
+
+    Such a step (CPS into ``s = 0``; DDIM into the final step when ``final_alpha_cumprod == 1``) is
+    deterministic and has no density; step it with ``kernel.ode()`` instead.
+    """
+
+
+def batch_times(v: Tensor | float | int, like: Tensor, kernel: str, what: str) -> Tensor:
+    """``t`` or ``s`` as a ``(B,)`` tensor on ``like``'s device: a 0-dim value is broadcast to the batch.
+
+    Raises ``ValueError`` naming the kernel unless ``v`` is 0-dim or has shape ``(B,)``.
+    """
+    v = torch.as_tensor(v, device=like.device)
+    batch = like.shape[0]
+    if v.ndim == 0:
+        return v.expand(batch)
+    if tuple(v.shape) != (batch,):
+        raise ValueError(f"kernel {kernel!r}: {what} must have shape ({batch},) (one per sample) or be 0-dim, "
+                         f"got shape {tuple(v.shape)}")
+    return v
+
+
+def flow_times(t: Tensor, s: Tensor, like: Tensor, kernel: str) -> tuple[Tensor, Tensor]:
+    """Validated float32 ``(B,)`` flow times with ``0 <= s < t <= 1`` (1 = pure noise)."""
+    t = batch_times(t, like, kernel, "t").to(torch.float32)
+    s = batch_times(s, like, kernel, "s").to(torch.float32)
+    if not bool(((s >= 0) & (s < t) & (t <= 1)).all()):
+        raise ValueError(f"kernel {kernel!r} steps flow times from t to s with 0 <= s < t <= 1; "
+                         f"got t={t.tolist()}, s={s.tolist()}")
+    return t, s
+
+
+def flow_estimates(v: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """``(x0_hat, eps_hat)`` from a velocity ``v = eps - x0`` at ``x_t = (1-t) x0 + t eps``.
+
+    x0_hat = x_t - t v;  eps_hat = x_t + (1 - t) v.  ``t`` is ``(B, 1, ..., 1)`` float32.
+    """
+    return x_t - t * v, x_t + (1.0 - t) * v
+
+
+def require_noise(std: Tensor, kernel: str, why: str) -> None:
+    """Raise :class:`ZeroNoiseError` unless every ``std`` is strictly positive."""
+    if not bool((std > 0).all()):
+        raise ZeroNoiseError(f"kernel {kernel!r} has std = 0 on this step ({why}): the step is deterministic "
+                             "and has no density, so it can be neither drawn nor scored; step it with "
+                             "kernel.ode() (leave it out of the stochastic steps)")
+
+
 def per_sample(v: Tensor, like: Tensor) -> Tensor:
     """``(B,)`` -> ``(B, 1, ..., 1)`` float32, broadcastable against ``like``."""
     v = torch.as_tensor(v, device=like.device)
