@@ -65,7 +65,11 @@ def main() -> None:
                 if not (cls.stochastic and bb.prediction in cls.predictions):
                     continue
                 kernel = kernel_for(bb, name)
-                for plan in (StepPlan.all(steps), StepPlan.window(steps, 2, 2), StepPlan.all(steps, record=[0, 5])):
+                last = name != "cps"  # cps has no noise on the step into s = 0: it ends with an ODE step
+                plans = (StepPlan((True,) * (steps - 1) + (last,), tuple(range(steps if last else steps - 1))),
+                         StepPlan.window(steps, 2, 2), StepPlan.all(steps, record=[0, 5]) if last else
+                         StepPlan((True,) * (steps - 1) + (False,), (0, 4)))
+                for plan in plans:
                     cond = bb.encode(PROMPTS, guidance=True)
                     gen = torch.Generator().manual_seed(seed)
                     traj = rollout(bb, kernel, cond, steps, plan, gen, guidance_scale=2.0)
