@@ -174,6 +174,19 @@ def denoising_loss(family: str, pipe, x0: torch.Tensor, prompts: list[str], gen:
     return F.mse_loss(pred, eps - x0)
 
 
+def save_pipeline(pipe, path: str | Path) -> None:
+    """Save with the denoiser and autoencoder stored in float16 (half the size; diffusers loads them
+    back as float32) and the text encoders in float32 (transformers keeps the stored dtype)."""
+    denoiser = pipe.unet if isinstance(pipe, StableDiffusionPipeline) else pipe.transformer
+    for module in (denoiser, pipe.vae):
+        module.to(torch.float16)
+    try:
+        pipe.save_pretrained(path, safe_serialization=True)
+    finally:
+        for module in (denoiser, pipe.vae):
+            module.to(torch.float32)
+
+
 def _encode_latents(vae, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         z = vae.encode(x).latent_dist.mean
@@ -225,7 +238,7 @@ def run(s: PretrainSettings, out_dir: str | Path, progress: bool = True) -> Path
                  "lr": opt.param_groups[0]["lr"]})
     for m in (*texts, denoiser):
         m.eval()
-    pipe.save_pretrained(out / "pipeline", safe_serialization=True)
+    save_pipeline(pipe, out / "pipeline")
     meta = {"family": s.family, "world": s.world, "resolution": s.resolution,
             "max_sequence_length": 1, "settings": asdict(s),
             "train_seconds": round(time.perf_counter() - start, 1)}

@@ -34,3 +34,41 @@ def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, scale: 
     path.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images, nrow=nrow, scale=scale).save(path)
     return path
+
+
+def svg_line_plot(series: dict[str, list[tuple[float, float]]], *, title: str = "", xlabel: str = "",
+                  ylabel: str = "", width: int = 560, height: int = 320, log_y: bool = False) -> str:
+    """A self-contained SVG line chart of named ``(x, y)`` series (for docs and report.html)."""
+    import math as _m
+
+    pts = [(x, y) for s in series.values() for x, y in s if (y > 0 or not log_y)]
+    if not pts:
+        raise ValueError("svg_line_plot needs at least one point")
+    fy = (lambda y: _m.log10(y)) if log_y else (lambda y: y)
+    x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
+    y0, y1 = min(fy(p[1]) for p in pts), max(fy(p[1]) for p in pts)
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+    left, right, top, bottom = 60, 20, 30, 45
+    sx = lambda x: left + (x - x0) / (x1 - x0) * (width - left - right)  # noqa: E731
+    sy = lambda y: height - bottom - (fy(y) - y0) / (y1 - y0) * (height - top - bottom)  # noqa: E731
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf"]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+           f'font-size="11"><rect width="100%" height="100%" fill="white"/>',
+           f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="13">{title}</text>',
+           f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="black"/>',
+           f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="black"/>',
+           f'<text x="{width / 2}" y="{height - 8}" text-anchor="middle">{xlabel}</text>',
+           f'<text x="14" y="{height / 2}" text-anchor="middle" transform="rotate(-90 14 {height / 2})">{ylabel}</text>']
+    for i in range(5):
+        xv, yv = x0 + (x1 - x0) * i / 4, y0 + (y1 - y0) * i / 4
+        label = f"{10 ** yv:.3g}" if log_y else f"{yv:.3g}"
+        out.append(f'<text x="{sx(xv)}" y="{height - bottom + 14}" text-anchor="middle">{xv:.4g}</text>')
+        ypix = height - bottom - i / 4 * (height - top - bottom)
+        out.append(f'<text x="{left - 4}" y="{ypix + 4}" text-anchor="end">{label}</text>')
+    for k, (name, s) in enumerate(series.items()):
+        colour = colours[k % len(colours)]
+        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in s if (y > 0 or not log_y))
+        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{path}"/>')
+        out.append(f'<text x="{width - right - 4}" y="{top + 14 * (k + 1)}" text-anchor="end" fill="{colour}">{name}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
