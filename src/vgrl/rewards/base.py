@@ -1,0 +1,144 @@
+"""The reward contract: ``(images, prompts, metadata) -> RewardOutput``, validated at both ends.
+
+A reward judges a batch of generated samples. It declares, as class attributes:
+
+* ``name``: its registry key (the module name).
+* ``differentiable``: whether ``scores`` carry a gradient to ``images`` (reward-gradient algorithms
+  such as AlignProp, arXiv 2310.03739, and DRaFT, arXiv 2309.17400, need one). The flag is enforced:
+  a non-differentiable reward runs under ``torch.no_grad()`` on detached images, so its scores never
+  have a ``grad_fn``; a differentiable one must return scores that require grad whenever the images do.
+* ``granularity``: ``"pointwise"`` (sample ``i``'s score depends on sample ``i`` only, so scoring a
+  batch in pieces changes nothing), ``"groupwise"`` (scores depend on the rest of the batch, e.g. a
+  batch-standardised composition) or ``"dense"`` (pointwise plus a credit map in ``dense``).
+* ``Options``: a pydantic model (``extra="forbid"``) of its options; the constructor validates through it.
+
+A reward never returns zeros (or any placeholder) in place of a failure: it raises.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor
+
+from vgrl.types import RewardOutput
+
+Granularity = Literal["pointwise", "groupwise", "dense"]
+GRANULARITIES = ("pointwise", "groupwise", "dense")
+
+
+class RewardOptions(BaseModel):
+    """Options every reward takes (none yet); subclasses add theirs. Unknown names are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RewardInputError(ValueError):
+    """An input to a reward (``images``, ``prompts`` or ``metadata``) is malformed."""
+
+
+class Reward(ABC):
+    """Scores a batch of images against their prompts.
+
+    Call it as ``reward(images, prompts, metadata)``:
+
+    Args:
+        images: ``(B, 3, H, W)`` floating tensor with values in [0, 1] (decoded pixels).
+        prompts: ``B`` prompt strings.
+        metadata: ``B`` per-sample metadata objects (entries may be None), or None for "no metadata"
+            (same as ``[None] * B``).
+
+    Returns:
+        :class:`RewardOutput` with ``scores`` ``(B,)`` float32, finite, on ``images.device``;
+        ``details`` of per-sample values for logging; ``dense`` ``(B, ...)`` or None.
+
+    Subclasses implement :meth:`compute`, which receives validated inputs (``metadata`` as a list).
+    """
+
+    name: ClassVar[str]
+    differentiable: ClassVar[bool]
+    granularity: ClassVar[Granularity]
+    Options: ClassVar[type[RewardOptions]] = RewardOptions
+
+    def __init__(self, **options: Any) -> None:
+        self.options = type(self).Options(**options)
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.model_dump().items())
+        return f"{type(self).__name__}({opts})"
+
+    @abstractmethod
+    def compute(self, images: Tensor, prompts: list[str], metadata: list[Any]) -> RewardOutput:
+        """Score validated inputs; see the class docstring for shapes."""
+
+    def __call__(self, images: Tensor, prompts: Sequence[str],
+                 metadata: Sequence[Any] | None = None) -> RewardOutput:
+        prompts, metadata = check_inputs(images, prompts, metadata)
+        if self.differentiable:
+            out = self.compute(images, prompts, metadata)
+        else:
+            with torch.no_grad():
+                out = self.compute(images.detach(), prompts, metadata)
+        self._check_output(out, images)
+        return out
+
+    def _check_output(self, out: RewardOutput, images: Tensor) -> None:
+        """Raise if ``compute`` broke the contract (a bug in the reward, not in its inputs)."""
+        who = f"reward {self.name!r}"
+        if not isinstance(out, RewardOutput):
+            raise TypeError(f"{who}: compute() must return a RewardOutput, got {type(out).__name__}")
+        b, s = images.shape[0], out.scores
+        if tuple(s.shape) != (b,) or s.dtype != torch.float32:
+            raise TypeError(f"{who}: scores must be float32 of shape ({b},), got {s.dtype} {tuple(s.shape)}")
+        if s.device != images.device:
+            raise TypeError(f"{who}: scores are on {s.device} but images on {images.device}")
+        bad = ~torch.isfinite(s.detach())
+        if bool(bad.any()):
+            raise ValueError(f"{who}: non-finite scores for samples {bad.nonzero().flatten().tolist()}")
+        if not isinstance(out.details, dict):
+            raise TypeError(f"{who}: details must be a dict, got {type(out.details).__name__}")
+        if out.dense is not None and (out.dense.ndim < 2 or out.dense.shape[0] != b):
+            raise TypeError(f"{who}: dense must have shape ({b}, ...), got {tuple(out.dense.shape)}")
+        if self.differentiable and images.requires_grad and torch.is_grad_enabled() and not s.requires_grad:
+            raise RuntimeError(f"{who} declares differentiable=True but its scores carry no gradient")
+
+
+def check_inputs(images: Any, prompts: Any, metadata: Any) -> tuple[list[str], list[Any]]:
+    """Validate a reward's inputs; return ``prompts`` and ``metadata`` as lists (``None`` -> ``[None] * B``).
+
+    Raises :class:`RewardInputError` (a ``ValueError``) or ``TypeError`` naming the argument.
+    """
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be a floating-point tensor with values in [0, 1], got {images.dtype}")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise RewardInputError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
+    b = images.shape[0]
+    if b == 0:
+        raise RewardInputError("images is an empty batch (B = 0)")
+    x = images.detach()
+    if not bool(torch.isfinite(x).all()):
+        raise RewardInputError("images contain non-finite values (NaN or inf)")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        raise RewardInputError(f"images must lie in [0, 1], got min {lo:.4g} and max {hi:.4g}")
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+        raise TypeError(f"prompts must be a list of {b} strings, got {type(prompts).__name__}")
+    if len(prompts) != b:
+        raise RewardInputError(f"prompts has {len(prompts)} entries but images has batch size {b}")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise TypeError(f"prompts[{i}] must be a str, got {type(p).__name__}")
+    if metadata is None:
+        return list(prompts), [None] * b
+    if isinstance(metadata, str) or not isinstance(metadata, Sequence):
+        raise TypeError(f"metadata must be a list of {b} entries (or None), got {type(metadata).__name__}")
+    if len(metadata) != b:
+        raise RewardInputError(f"metadata has {len(metadata)} entries but images has batch size {b}")
+    return list(prompts), list(metadata)
+

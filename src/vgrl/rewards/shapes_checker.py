@@ -1,0 +1,67 @@
+"""The ``shapes`` world's programmatic checker as a reward (GenEval-style verification).
+
+GenEval (Ghosh et al., arXiv 2310.11513) scores text-to-image alignment by detecting objects and
+checking the prompt's facts: object presence, counts, colours, relative position and attribute
+binding; Flow-GRPO (arXiv 2505.05470) trains on it as a verifiable reward. Here the detector is the
+shapes world's exact one (:mod:`vgrl.worlds._shapes_checker`) and the facts come from each sample's
+:class:`~vgrl.worlds.shapes.PromptMeta`, so the prompt text is not read (paraphrases score the same).
+
+With facts ``f_1..f_n`` of a prompt, each with a score ``c_j`` in [0, 1] and a verdict ``ok_j``:
+
+* ``score="partial"``: ``r = (1/n) sum_j c_j`` (partial credit, in [0, 1]);
+* ``score="pass"``:    ``r = 1[all_j ok_j]`` (GenEval's binary score).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from vgrl.rewards.base import RewardInputError, RewardOptions, Reward
+from vgrl.types import RewardOutput
+from vgrl.worlds.shapes import PromptMeta, ShapesWorld
+
+
+class ShapesCheckerOptions(RewardOptions):
+    score: Literal["partial", "pass"] = Field(
+        "partial", description="'partial': mean fact score in [0, 1]; 'pass': 1 if every fact holds else 0")
+    resolution: int = Field(32, ge=32, description="image side in pixels the checker is tuned for")
+
+
+class ShapesCheckerReward(Reward):
+    """Partial-credit or pass/fail verdict of the shapes-world checker, per sample.
+
+    ``metadata[i]`` must be the :class:`PromptMeta` of sample ``i`` (``world.prompts()[k].meta``);
+    images must be ``resolution x resolution``. ``details``: ``passed`` ``(B,)`` bool, ``partial``
+    ``(B,)`` float32 (the partial credit, whatever ``score`` says) and ``category`` (list of str).
+    """
+
+    name = "shapes_checker"
+    differentiable = False
+    granularity = "pointwise"
+    Options: ClassVar[type[RewardOptions]] = ShapesCheckerOptions
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.world = ShapesWorld(self.options.resolution)
+
+    def compute(self, images: Tensor, prompts: list[str], metadata: list[Any]) -> RewardOutput:
+        r = self.options.resolution
+        if tuple(images.shape[2:]) != (r, r):
+            raise RewardInputError(f"images must be {r}x{r} for reward 'shapes_checker' (option resolution={r}), "
+                                   f"got {tuple(images.shape[2:])}")
+        for i, m in enumerate(metadata):
+            if not isinstance(m, PromptMeta):
+                raise RewardInputError(
+                    f"metadata[{i}] must be a shapes-world PromptMeta (e.g. world.prompts()[k].meta), "
+                    f"got {type(m).__name__}")
+        res = self.world.check(images, metadata)
+        scores = res.score if self.options.score == "partial" else res.passed.to(torch.float32)
+        details = {"passed": res.passed, "partial": res.score, "category": [m.category for m in metadata]}
+        return RewardOutput(scores=scores.to(device=images.device, dtype=torch.float32), details=details)
+
+
+COMPONENT = ShapesCheckerReward
