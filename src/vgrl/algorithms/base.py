@@ -1,0 +1,71 @@
+"""The algorithm contract, and the build-time check that an algorithm fits its kernel and reward.
+
+An algorithm declares what it ``needs``; turns a rollout and its rewards into a training signal
+(``prepare``); and returns ``loss, metrics`` for a minibatch (``loss``). Loops, optimisers and
+distribution belong to the trainer, never to an algorithm.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor
+
+from vgrl.types import Batch, RewardOutput, Trajectory
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What an algorithm requires of the rest of the run."""
+
+    step_log_probs: bool = False        # recorded per-step log-probs (likelihood-ratio methods)
+    stochastic_kernel: bool = False     # a kernel with a density (not ``ode``)
+    reference: bool = False             # a frozen reference model (KL)
+    groups: bool = False                # several samples per prompt
+    differentiable_reward: bool = False  # gradients through the reward (reward backprop)
+
+
+class AlgorithmOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Algorithm(ABC):
+    """One post-training algorithm; subclasses set ``name``, ``Options`` and ``needs(options)``."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[AlgorithmOptions]] = AlgorithmOptions
+
+    def __init__(self, options: AlgorithmOptions) -> None:
+        self.options = options
+
+    @property
+    @abstractmethod
+    def needs(self) -> Needs:
+        """Requirements under these options (e.g. a reference model only when the KL weight > 0)."""
+
+    @abstractmethod
+    def prepare(self, traj: Trajectory, reward: RewardOutput, group_ids: Tensor) -> Batch:
+        """Rewards -> training signal (advantages, weights or pairs) for the whole rollout."""
+
+    @abstractmethod
+    def loss(self, backbone, kernel, batch: Batch, step_idx: int, ref=None) -> tuple[Tensor, dict[str, float]]:
+        """Scalar loss and metrics for minibatch ``batch`` at recorded step ``step_idx``."""
+
+
+def check_compatible(algorithm: Algorithm, kernel, reward, *, group_size: int, has_reference: bool) -> None:
+    """Raise one line explaining why ``algorithm`` cannot run with this kernel / reward / setup."""
+    needs, name = algorithm.needs, algorithm.name
+    if (needs.step_log_probs or needs.stochastic_kernel) and not kernel.stochastic:
+        raise ValueError(f"algorithm {name!r} needs per-step log-probabilities, but kernel {kernel.name!r} is "
+                         "deterministic; use a stochastic kernel (ddim with eta > 0, flow_sde, dance_sde, cps)")
+    if needs.differentiable_reward and not reward.differentiable:
+        raise ValueError(f"algorithm {name!r} back-propagates through the reward, but reward {reward.name!r} is "
+                         "not differentiable; use a differentiable reward or a likelihood-ratio algorithm")
+    if needs.groups and group_size < 2:
+        raise ValueError(f"algorithm {name!r} compares samples of a prompt group: group_size must be >= 2, "
+                         f"got {group_size}")
+    if needs.reference and not has_reference:
+        raise ValueError(f"algorithm {name!r} with a KL term needs a reference model")
