@@ -149,3 +149,31 @@ def deterministic_step(mean: Tensor, x_t: Tensor, *, x_next: Tensor | None) -> T
 
         raise DeterministicKernelError("a deterministic (ODE) kernel cannot score a given x_next: it has no density")
     return Transition(x_next=mean.to(x_t.dtype), mean=mean, std=torch.zeros((), dtype=torch.float32))
+
+
+class FlowKernel(Kernel):
+    """Abstract stochastic kernel for velocity ("flow") prediction: a subclass gives the step's
+    Gaussian ``mean_std``; drawing, scoring, checks and the ODE limit (Euler) are shared."""
+
+    stochastic = True
+    predictions = ("flow",)
+    std_formula: ClassVar[str]  # how std is computed, for the zero-noise error
+
+    @abstractmethod
+    def mean_std(self, x: Tensor, v: Tensor, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        """float32 ``(mean (B, *S), std (B, 1, ..., 1))`` from ``x_t``, velocity ``v`` and ``t, s`` as ``(B, 1, ..., 1)``."""
+
+    def step(self, pred: Tensor, x_t: Tensor, t: Tensor, s: Tensor, *, prediction: str,
+             noise: Tensor | None = None, x_next: Tensor | None = None,
+             generator: torch.Generator | None = None) -> Transition:
+        self.check_prediction(prediction)
+        t, s = flow_times(t, s, x_t, self.name)
+        mean, std = self.mean_std(x_t.to(torch.float32), pred.to(torch.float32), per_sample(t, x_t), per_sample(s, x_t))
+        require_noise(std, self.name, self.std_formula)
+        return gaussian_step(mean, std, x_t, self.reduction, noise=noise, x_next=x_next, generator=generator)
+
+    def ode(self) -> Kernel:
+        from vgrl.kernels.ode import ODE
+        from vgrl.kernels.options import ODEOptions
+
+        return ODE(ODEOptions(reduction=self.reduction))

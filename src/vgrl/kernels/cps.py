@@ -23,38 +23,24 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
-from vgrl.kernels.base import Kernel, flow_estimates, flow_times, gaussian_step, per_sample, require_noise
-from vgrl.kernels.options import CPSOptions, ODEOptions
-from vgrl.types import Transition
+from vgrl.kernels.base import FlowKernel, flow_estimates
+from vgrl.kernels.options import CPSOptions
 
 
-class CPS(Kernel):
+class CPS(FlowKernel):
     """Coefficients-preserving sampling; velocity ("flow") prediction only."""
 
     name = "cps"
-    stochastic = True
-    predictions = ("flow",)
     Options = CPSOptions
+    std_formula = "std = s * sin(noise_level * pi / 2) is 0 at s = 0"
 
-    def step(self, pred: Tensor, x_t: Tensor, t: Tensor, s: Tensor, *, prediction: str,
-             noise: Tensor | None = None, x_next: Tensor | None = None,
-             generator: torch.Generator | None = None) -> Transition:
-        self.check_prediction(prediction)
-        t, s = flow_times(t, s, x_t, self.name)
-        tb, sb = per_sample(t, x_t), per_sample(s, x_t)
-        x0, eps = flow_estimates(pred.to(torch.float32), x_t.to(torch.float32), tb)
-        std = sb * math.sin(self.options.noise_level * math.pi / 2)
-        require_noise(std, self.name, "std = s * sin(noise_level * pi / 2) is 0 at s = 0")
-        mean = (1 - sb) * x0 + (sb**2 - std**2).clamp(min=0).sqrt() * eps
-        return gaussian_step(mean, std, x_t, self.reduction, noise=noise, x_next=x_next, generator=generator)
-
-    def ode(self) -> Kernel:
-        from vgrl.kernels.ode import ODE
-
-        return ODE(ODEOptions(reduction=self.reduction))
+    def mean_std(self, x: Tensor, v: Tensor, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        x0, eps = flow_estimates(v, x, t)
+        std = s * math.sin(self.options.noise_level * math.pi / 2)
+        mean = (1 - s) * x0 + (s**2 - std**2).clamp(min=0).sqrt() * eps
+        return mean, std
 
 
 COMPONENT = CPS

@@ -19,38 +19,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vgrl.kernels.base import Kernel, flow_estimates, flow_times, gaussian_step, per_sample, require_noise
-from vgrl.kernels.options import DanceSDEOptions, ODEOptions
-from vgrl.types import Transition
+from vgrl.kernels.base import FlowKernel, flow_estimates
+from vgrl.kernels.options import DanceSDEOptions
 
 
-class DanceSDE(Kernel):
+class DanceSDE(FlowKernel):
     """DanceGRPO SDE; velocity ("flow") prediction only."""
 
     name = "dance_sde"
-    stochastic = True
-    predictions = ("flow",)
     Options = DanceSDEOptions
+    std_formula = "std = eta * sqrt(t - s)"
 
-    def step(self, pred: Tensor, x_t: Tensor, t: Tensor, s: Tensor, *, prediction: str,
-             noise: Tensor | None = None, x_next: Tensor | None = None,
-             generator: torch.Generator | None = None) -> Transition:
-        self.check_prediction(prediction)
-        t, s = flow_times(t, s, x_t, self.name)
-        tb, sb = per_sample(t, x_t), per_sample(s, x_t)
-        x, v = x_t.to(torch.float32), pred.to(torch.float32)
-        eta, dt = self.options.eta, sb - tb
-        x0, _ = flow_estimates(v, x, tb)
-        score = -(x - (1 - tb) * x0) / tb**2
+    def mean_std(self, x: Tensor, v: Tensor, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        eta, dt = self.options.eta, s - t
+        x0, _ = flow_estimates(v, x, t)
+        score = -(x - (1 - t) * x0) / t**2
         mean = x + dt * v + (-0.5 * eta**2 * score) * dt
-        std = eta * torch.sqrt(tb - sb)
-        require_noise(std, self.name, "std = eta * sqrt(t - s)")
-        return gaussian_step(mean, std, x_t, self.reduction, noise=noise, x_next=x_next, generator=generator)
-
-    def ode(self) -> Kernel:
-        from vgrl.kernels.ode import ODE
-
-        return ODE(ODEOptions(reduction=self.reduction))
+        return mean, eta * torch.sqrt(t - s)
 
 
 COMPONENT = DanceSDE

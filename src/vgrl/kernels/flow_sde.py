@@ -19,37 +19,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vgrl.kernels.base import Kernel, flow_times, gaussian_step, per_sample, require_noise
-from vgrl.kernels.options import FlowSDEOptions, ODEOptions
-from vgrl.types import Transition
+from vgrl.kernels.base import FlowKernel
+from vgrl.kernels.options import FlowSDEOptions
 
 
-class FlowSDE(Kernel):
+class FlowSDE(FlowKernel):
     """Flow-GRPO SDE; velocity ("flow") prediction only."""
 
     name = "flow_sde"
-    stochastic = True
-    predictions = ("flow",)
     Options = FlowSDEOptions
+    std_formula = "std = sigma_t * sqrt(t - s)"
 
-    def step(self, pred: Tensor, x_t: Tensor, t: Tensor, s: Tensor, *, prediction: str,
-             noise: Tensor | None = None, x_next: Tensor | None = None,
-             generator: torch.Generator | None = None) -> Transition:
-        self.check_prediction(prediction)
-        t, s = flow_times(t, s, x_t, self.name)
-        tb, sb = per_sample(t, x_t), per_sample(s, x_t)
-        x, v = x_t.to(torch.float32), pred.to(torch.float32)
-        dt = sb - tb
-        sigma = self.options.noise_level * torch.sqrt(tb / (1 - torch.where(tb == 1, sb, tb)))
-        mean = x * (1 + sigma**2 / (2 * tb) * dt) + v * (1 + sigma**2 * (1 - tb) / (2 * tb)) * dt
-        std = sigma * torch.sqrt(-dt)
-        require_noise(std, self.name, "std = sigma_t * sqrt(t - s)")
-        return gaussian_step(mean, std, x_t, self.reduction, noise=noise, x_next=x_next, generator=generator)
-
-    def ode(self) -> Kernel:
-        from vgrl.kernels.ode import ODE
-
-        return ODE(ODEOptions(reduction=self.reduction))
+    def mean_std(self, x: Tensor, v: Tensor, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        dt = s - t
+        sigma = self.options.noise_level * torch.sqrt(t / (1 - torch.where(t == 1, s, t)))
+        mean = x * (1 + sigma**2 / (2 * t) * dt) + v * (1 + sigma**2 * (1 - t) / (2 * t)) * dt
+        return mean, sigma * torch.sqrt(-dt)
 
 
 COMPONENT = FlowSDE
