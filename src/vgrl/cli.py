@@ -94,7 +94,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     settings = PretrainSettings(family=args.family, world=args.world, steps=args.steps, batch_size=args.batch_size,
                                 lr=args.lr, seed=args.seed, vae=args.vae, vae_steps=args.vae_steps,
-                                threads=args.threads)
+                                threads=args.threads, flow_times=args.flow_times)
     path = run(settings, args.out)
     print(f"saved {path}")
     return EXIT_OK
@@ -124,6 +124,8 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--vae", default=None, metavar="DIR", help="reuse a trained AutoencoderKL instead of training one")
     p.add_argument("--vae-steps", type=int, default=600, help="autoencoder training steps (default: 600)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    p.add_argument("--flow-times", choices=("shift", "logit_normal"), default="shift",
+                   help="flow family: how training times are drawn (default: shift, as sampling spaces them)")
     p.set_defaults(func=cmd_pretrain)
 
 

@@ -46,6 +46,7 @@ class PretrainSettings:
     vae: str | None = None        # path of a trained AutoencoderKL to reuse; None trains one
     vae_steps: int = 600
     drop_caption: float = 0.1
+    flow_times: str = "shift"     # flow only: "shift" (uniform through the sampling shift) | "logit_normal"
     threads: int = 2
     log_every: int = 50
 
@@ -153,7 +154,8 @@ def assemble(family: str, vae, tokenizer, texts, denoiser):
     return pipe
 
 
-def denoising_loss(family: str, pipe, x0: torch.Tensor, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
+def denoising_loss(family: str, pipe, x0: torch.Tensor, prompts: list[str], gen: torch.Generator,
+                   flow_times: str = "shift") -> torch.Tensor:
     """v-prediction (sd) or rectified-flow (flow) regression loss on latents ``x0``."""
     b = x0.shape[0]
     eps = torch.randn(x0.shape, generator=gen)
@@ -165,8 +167,13 @@ def denoising_loss(family: str, pipe, x0: torch.Tensor, prompts: list[str], gen:
         return F.mse_loss(pred, pipe.scheduler.get_velocity(x0, eps, t))
     embeds, _, pooled, _ = pipe.encode_prompt(prompts, prompts, prompts, device="cpu",
                                               do_classifier_free_guidance=False, max_sequence_length=1)
-    u, shift = torch.rand(b, generator=gen), pipe.scheduler.config.shift
-    t = shift * u / (1 + (shift - 1) * u)
+    if flow_times == "logit_normal":  # SD3's choice (Esser et al., arXiv 2403.03206)
+        t = torch.sigmoid(torch.randn(b, generator=gen))
+    elif flow_times == "shift":
+        u, shift = torch.rand(b, generator=gen), pipe.scheduler.config.shift
+        t = shift * u / (1 + (shift - 1) * u)
+    else:
+        raise ValueError(f"flow_times must be 'shift' or 'logit_normal', got {flow_times!r}")
     tb = t.view(-1, 1, 1, 1)
     x_t = (1 - tb) * x0 + tb * eps
     pred = pipe.transformer(hidden_states=x_t, timestep=t * 1000, encoder_hidden_states=embeds,
@@ -226,7 +233,7 @@ def run(s: PretrainSettings, out_dir: str | Path, progress: bool = True) -> Path
         prompts, x = stream.batch(s.batch_size)
         drop = torch.rand(len(prompts), generator=gen) < s.drop_caption
         prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
-        loss = denoising_loss(s.family, pipe, _encode_latents(vae, x), prompts, gen)
+        loss = denoising_loss(s.family, pipe, _encode_latents(vae, x), prompts, gen, s.flow_times)
         opt.zero_grad()
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
