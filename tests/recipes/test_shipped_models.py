@@ -47,3 +47,14 @@ def test_vgrl_eval_end_to_end_matches_pinned_result(name, path, tmp_path):
     assert abs(passes - pinned_passes) <= 1, f"{passes} passing samples, pinned {pinned_passes}"
     assert record["overall_score"] == pytest.approx(pinned_score, abs=0.03)
     assert (tmp_path / "grid.png").is_file()
+
+
+def test_readme_main_job_runs_on_the_shipped_model(tmp_path):
+    cmd = [sys.executable, "-m", "vgrl", "sample", "configs/shapes_sample.yaml", "batch_size=4", "group_size=2",
+           "sampling.num_steps=3", "--out", str(tmp_path)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["images"] == 4 and summary["recorded_steps"] == [0, 1, 2]
+    assert all(abs(v) < 1e3 for v in summary["log_prob_mean_per_step"])
+    assert (tmp_path / "grid.png").is_file() and (tmp_path / "config.yaml").is_file()
