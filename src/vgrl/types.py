@@ -177,9 +177,26 @@ class Batch:
         rewards: ``(B,)`` raw rewards.
         adv: ``(B,)`` advantages (or weights) the algorithm will use.
         group_ids: ``(B,)`` int64 prompt-group id of each sample.
+        prompts: ``B`` prompt strings (needed by rewards an algorithm calls itself, and per-prompt statistics).
+        metadata: ``B`` per-sample metadata objects for the reward (entries may be None).
+        weights: optional ``(B,)`` or dense credit (``(B, H, W)``) the algorithm weights its loss with.
     """
 
     traj: Trajectory
     rewards: Tensor
     adv: Tensor
     group_ids: Tensor
+    prompts: list[str] | None = None
+    metadata: list[Any] | None = None
+    weights: Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+    def index(self, idx: Tensor | list[int]) -> Batch:
+        """The minibatch of samples ``idx`` (a 1-D index tensor or list)."""
+        rows = torch.as_tensor(idx, dtype=torch.long)
+        pick = (lambda seq: None if seq is None else [seq[i] for i in rows.tolist()])
+        return Batch(traj=self.traj.index(rows), rewards=self.rewards[rows], adv=self.adv[rows],
+                     group_ids=self.group_ids[rows], prompts=pick(self.prompts), metadata=pick(self.metadata),
+                     weights=None if self.weights is None else self.weights[rows])

@@ -279,7 +279,31 @@ def test_missing_and_unreadable_files(tmp_path):
 def test_empty_file_reports_missing_sections(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(_write(tmp_path, "# nothing\n"))
-    assert [m.split(":")[0] for m in info.value.messages] == ["backbone", "prompts"]
+    assert [m.split(":")[0] for m in info.value.messages] == ["backbone"]
+
+
+def test_prompts_or_world_required(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, "backbone: {name: flow, tiny: true}\n"))
+    assert info.value.messages == ["prompts: missing; give prompts, or data.world to train on a world's prompts"]
+    cfg = load_config(_write(tmp_path, "backbone: {name: flow, tiny: true}\ndata: {world: shapes}\n"))
+    assert cfg.prompts is None and cfg.data.world == "shapes"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("batch_size: 8\ntrain: {minibatch_size: 3}", "train.minibatch_size: 3 does not divide batch_size 8"),
+    ("batch_size: 8\ntrain: {minibatch_size: 2, grad_accum: 3}", "train.grad_accum: 3 minibatches of 2"),
+    ("train: {mixed_precision: bf16}", "train.mixed_precision: 'bf16' with deterministic: true"),
+    ("algorithm: {name: flow_grpoo}", "algorithm.name: unknown algorithm 'flow_grpoo' (did you mean 'flow_grpo'?)"),
+    ("reward: {name: jpg}", "reward.name: unknown reward 'jpg'"),
+    ("data: {world: shape}", "data.world: unknown world 'shape' (did you mean 'shapes'?)"),
+    ("train: {lora: {rank: 0}}", "train.lora.rank: "),
+    ("train: {lr_rate: 0.1}", "train.lr_rate: unknown key 'lr_rate'; valid keys: iterations"),
+])
+def test_training_sections_errors(tmp_path, text, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, "backbone: {name: flow, tiny: true}\nprompts: [a red circle]\n" + text + "\n"))
+    assert any(m.startswith(message) for m in info.value.messages), info.value.messages
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)

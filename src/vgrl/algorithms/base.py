@@ -1,15 +1,22 @@
 """The algorithm contract, and the build-time check that an algorithm fits its kernel and reward.
 
 An algorithm declares what it ``needs``; turns a rollout and its rewards into a training signal
-(``prepare``); and returns ``loss, metrics`` for a minibatch (``loss``). Loops, optimisers and
-distribution belong to the trainer, never to an algorithm.
+(``prepare``); names the loss *units* of a minibatch (``units``: by default its recorded denoising
+steps); and returns ``loss, metrics`` for one minibatch and unit (``loss``). The trainer averages the
+loss over units and minibatches of one optimiser step, so ``backward`` of each ``loss / (units x
+minibatches)`` gives the gradient of the mean. Loops, optimisers and distribution belong to the trainer,
+never to an algorithm. State an algorithm carries across iterations (DDPO's per-prompt statistics) is
+returned by ``state_dict`` so that resume is exact.
+
+Runtime objects an algorithm needs are explicit constructor arguments: a reward-gradient algorithm
+(``needs.differentiable_reward``) is built as ``cls(options, reward=reward)``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor
@@ -47,12 +54,25 @@ class Algorithm(ABC):
         """Requirements under these options (e.g. a reference model only when the KL weight > 0)."""
 
     @abstractmethod
-    def prepare(self, traj: Trajectory, reward: RewardOutput, group_ids: Tensor) -> Batch:
+    def prepare(self, traj: Trajectory, reward: RewardOutput, group_ids: Tensor,
+                prompts: list[str] | None = None, metadata: list[Any] | None = None) -> Batch:
         """Rewards -> training signal (advantages, weights or pairs) for the whole rollout."""
+
+    def units(self, batch: Batch) -> list[int]:
+        """The loss units of one minibatch: the schedule indices of its recorded steps by default."""
+        return batch.traj.step_idx.tolist()
 
     @abstractmethod
     def loss(self, backbone, kernel, batch: Batch, step_idx: int, ref=None) -> tuple[Tensor, dict[str, float]]:
-        """Scalar loss and metrics for minibatch ``batch`` at recorded step ``step_idx``."""
+        """Scalar loss and metrics for minibatch ``batch`` at unit ``step_idx`` (a recorded step)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State carried across iterations (tensors, numbers, strings, lists, dicts); empty by default."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"algorithm {self.name!r} keeps no state but the checkpoint holds {sorted(state)}")
 
 
 def check_compatible(algorithm: Algorithm, kernel, reward, *, group_size: int, has_reference: bool) -> None:

@@ -14,6 +14,8 @@ The SDE-window ("Fast", MixGRPO) variants are step plans (``StepPlan.window``), 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pydantic import Field
 from torch import Tensor
@@ -56,10 +58,12 @@ class FlowGRPO(Algorithm):
     def needs(self) -> Needs:
         return Needs(step_log_probs=True, stochastic_kernel=True, groups=True, reference=self.options.beta > 0)
 
-    def prepare(self, traj: Trajectory, reward: RewardOutput, group_ids: Tensor) -> Batch:
+    def prepare(self, traj: Trajectory, reward: RewardOutput, group_ids: Tensor,
+                prompts: list[str] | None = None, metadata: list[Any] | None = None) -> Batch:
         o = self.options
         adv = group_advantages(reward.scores, group_ids, global_std=o.global_std, eps=o.eps, clip=o.adv_clip)
-        return Batch(traj=traj, rewards=reward.scores, adv=adv, group_ids=group_ids)
+        return Batch(traj=traj, rewards=reward.scores, adv=adv, group_ids=group_ids, prompts=prompts,
+                     metadata=metadata)
 
     def loss(self, backbone, kernel, batch: Batch, step_idx: int, ref=None) -> tuple[Tensor, dict[str, float]]:
         traj = batch.traj

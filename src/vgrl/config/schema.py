@@ -25,6 +25,7 @@ from pydantic_core import PydanticCustomError
 from vgrl import registry
 from vgrl.kernels.options import BUILTIN as KERNEL_OPTIONS
 from vgrl.kernels.options import KernelOptions
+from vgrl.config.train import AlgorithmConfig, DataConfig, EvalConfig, LogConfig, RewardConfig, TrainConfig
 
 # Torch-free capability tables, so that validation can pair kernels with backbones without importing
 # a model. A conformance test keeps them in sync with ``Backbone.predictions`` / ``Kernel.predictions``.
@@ -273,7 +274,8 @@ class SamplingConfig(BaseModel):
 
 
 class RunConfig(BaseModel):
-    """A whole run: seed, backbone, kernel, sampler, prompts and batch shape."""
+    """A whole run: seed, backbone, kernel, sampler, prompts and batch shape; and for ``vgrl train``
+    the data, reward, algorithm, optimisation, evaluation and logging sections (:mod:`.train`)."""
 
     model_config = _MODEL
 
@@ -281,15 +283,24 @@ class RunConfig(BaseModel):
     backbone: BackboneConfig
     kernel: KernelConfig = Field(default_factory=KernelConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    prompts: list[str] = Field(min_length=1, description="prompts, cycled to fill batch_size // group_size")
+    prompts: list[str] | None = Field(None, min_length=1, description="prompts, cycled to fill "
+                                      "batch_size // group_size; null = the prompts of data.world")
     batch_size: int = Field(8, ge=1, description="images per batch")
     group_size: int = Field(1, ge=1, description="samples per prompt")
     deterministic: bool = Field(True, description="fp32 deterministic CPU mode")
     run_dir: str | None = Field(None, min_length=1, description="output directory")
+    data: DataConfig = Field(default_factory=DataConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
 
     @field_validator("prompts")
     @classmethod
-    def _non_blank(cls, prompts: list[str]) -> list[str]:
+    def _non_blank(cls, prompts: list[str] | None) -> list[str] | None:
+        if prompts is None:
+            return None
         blank = [((i,), "empty prompt; every prompt needs text") for i, p in enumerate(prompts) if not p.strip()]
         if blank:
             _fail(blank)
@@ -298,6 +309,8 @@ class RunConfig(BaseModel):
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
         problems: list[tuple[tuple, str]] = []
+        if self.prompts is None and self.data.world is None:
+            problems.append((("prompts",), "missing; give prompts, or data.world to train on a world's prompts"))
         b, g = self.batch_size, self.group_size
         if b % g:
             problems.append((("batch_size",), f"{b} is not divisible by group_size {g}; valid: a multiple "
@@ -316,6 +329,20 @@ class RunConfig(BaseModel):
             problems.append((("backbone", "dtype"), f"{self.backbone.dtype!r} with deterministic: true "
                                                     "(deterministic mode is fp32); valid: 'float32', "
                                                     "or set deterministic: false"))
+        t = self.train
+        if t.minibatch_size is None:
+            t.minibatch_size = b
+        per_step = t.minibatch_size * t.grad_accum
+        if b % t.minibatch_size:
+            problems.append((("train", "minibatch_size"), f"{t.minibatch_size} does not divide batch_size {b}; "
+                                                          f"valid: a divisor of {b}"))
+        elif (b // t.minibatch_size) % t.grad_accum:
+            problems.append((("train", "grad_accum"), f"{t.grad_accum} minibatches of {t.minibatch_size} per step "
+                                                      f"({per_step} samples) do not divide batch_size {b}; valid: "
+                                                      f"a divisor of {b // t.minibatch_size}"))
+        if t.mixed_precision != "no" and self.deterministic:
+            problems.append((("train", "mixed_precision"), f"{t.mixed_precision!r} with deterministic: true; "
+                                                           "valid: 'no', or set deterministic: false"))
         if problems:
             _fail(problems)
         return self

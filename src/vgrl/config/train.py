@@ -1,0 +1,156 @@
+"""Config sections of a training run: data, reward, algorithm, optimisation, evaluation and logging.
+
+Torch-free like the rest of :mod:`vgrl.config`. Reward and algorithm *names* are checked here (the
+registry finds them without importing them); their options are validated by the component's own
+``Options`` model when ``vgrl train`` builds the run, before any model is loaded, and errors there
+name the field as ``reward.<option>`` / ``algorithm.<option>``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+
+_MODEL = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+BUILTIN_WORLDS = ("shapes",)
+
+
+def _check_name(kind: str, name: str) -> str:
+    """Accept a registry name of ``kind`` or ``package.module:Class`` (one-line error otherwise)."""
+    from vgrl.config.schema import _check_component  # schema imports this module: import lazily
+
+    _check_component(kind, name, ())
+    return name
+
+
+class _Named(BaseModel):
+    """``{name: X, opt: value, ...}`` with the options gathered into ``opts`` and written back flat."""
+
+    model_config = _MODEL
+
+    name: str
+    opts: dict[str, Any] = Field(default_factory=dict, repr=False, description="internal: the options")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_options(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out: dict[str, Any] = {"opts": {k: v for k, v in data.items() if k != "name"}}
+        if "name" in data:
+            out["name"] = data["name"]
+        return out
+
+    @model_serializer(mode="plain")
+    def _flat(self) -> dict[str, Any]:
+        return {"name": self.name, **self.opts}
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.opts)
+
+
+class RewardConfig(_Named):
+    """The training reward: ``{name: shapes_checker, score: partial}``; ``compose`` takes ``terms``."""
+
+    name: str = Field("shapes_checker", description="reward registry name or package.module:Class")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        return _check_name("rewards", name)
+
+
+class AlgorithmConfig(_Named):
+    """The post-training algorithm: ``{name: flow_grpo, clip_range: 1e-4, beta: 0.0}``."""
+
+    name: str = Field("flow_grpo", description="algorithm registry name or package.module:Class")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        return _check_name("algorithms", name)
+
+
+class DataConfig(BaseModel):
+    """Where training prompts come from: a built-in world's split (prompts with checker metadata)."""
+
+    model_config = _MODEL
+
+    world: str | None = Field(None, description="built-in world (shapes) whose prompt split trains the model")
+    split: str = Field("train", description="prompt split of the world")
+
+    @field_validator("world")
+    @classmethod
+    def _known_world(cls, world: str | None) -> str | None:
+        if world is not None and world not in BUILTIN_WORLDS:
+            from vgrl.config.schema import _fail, _suggest
+
+            _fail([((), f"unknown world {world!r}{_suggest(world, BUILTIN_WORLDS)}; valid: {', '.join(BUILTIN_WORLDS)}")])
+        return world
+
+
+class LoraConfig(BaseModel):
+    """LoRA adapters (peft) on the denoiser; ``train.lora: null`` trains every parameter."""
+
+    model_config = _MODEL
+
+    rank: int = Field(16, ge=1, description="adapter rank r")
+    alpha: float = Field(16.0, gt=0, description="scale numerator: the update is (alpha / r) B A")
+    targets: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"], min_length=1,
+                               description="module-name suffixes that get adapters")
+    init_seed: int = Field(0, ge=0, description="seed of the adapters' random init")
+
+
+class TrainConfig(BaseModel):
+    """Optimisation: iterations, inner PPO epochs, minibatches, accumulation, clipping, EMA, budgets."""
+
+    model_config = _MODEL
+
+    iterations: int = Field(100, ge=1, description="rollout-and-update iterations")
+    max_minutes: float | None = Field(None, gt=0, description="stop after this much training wall-clock "
+                                                              "(evaluation excluded); null = no limit")
+    lr: float = Field(1e-4, gt=0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_betas: list[float] = Field(default_factory=lambda: [0.9, 0.999], min_length=2, max_length=2)
+    warmup_iterations: int = Field(0, ge=0, description="linear LR warm-up, in optimiser steps")
+    inner_epochs: int = Field(1, ge=1, description="passes over each rollout batch (PPO epochs)")
+    minibatch_size: int | None = Field(None, ge=1, description="samples per forward/backward; null = batch_size")
+    grad_accum: int = Field(1, ge=1, description="minibatches per optimiser step")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="clip the global gradient norm; null = off")
+    lora: LoraConfig | None = Field(default_factory=LoraConfig, description="null = full fine-tuning")
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="EMA of trained weights (used by eval); null = off")
+    reference: Literal["auto", "none"] = Field("auto", description="auto: a reference model when the "
+                                                                    "algorithm needs one (LoRA: adapters off; "
+                                                                    "full: a frozen copy)")
+    share_group_noise: bool = Field(False, description="samples of a prompt group share initial noise")
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    max_consecutive_skips: int = Field(3, ge=1, description="stop after this many non-finite steps in a row")
+    checkpoint_every: int = Field(10, ge=1, description="iterations between checkpoints")
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; null = torch's default")
+
+
+class EvalConfig(BaseModel):
+    """Periodic held-out evaluation with fixed prompts and seeds (deterministic sampler)."""
+
+    model_config = _MODEL
+
+    every: int | None = Field(10, ge=1, description="iterations between evaluations; null = only before/after")
+    split: str = Field("heldout", description="prompt split of the world")
+    per_category: int = Field(128, ge=1, description="fixed samples per category")
+    num_steps: int | None = Field(None, ge=1, description="sampling steps; null = the model's, else sampling.num_steps")
+    guidance_scale: float | None = Field(None, ge=1.0, description="null = the model's eval guidance, else sampling's")
+    seed: int = Field(0, ge=0)
+    batch_size: int = Field(128, ge=1)
+    before: bool = Field(True, description="evaluate the base model before training")
+
+
+class LogConfig(BaseModel):
+    """Run artefacts: metrics.jsonl always; tensorboard, grids and the progress bar on request."""
+
+    model_config = _MODEL
+
+    tensorboard: bool = True
+    grid_every: int | None = Field(10, ge=1, description="iterations between training-sample grids; null = off")
+    progress: bool = True
