@@ -1,4 +1,4 @@
-"""The ``vgrl`` command line: ``validate``, ``sample``, ``pretrain`` and ``eval``.
+"""The ``vgrl`` command line: ``validate``, ``sample``, ``pretrain``, ``eval`` and ``report``.
 
 ``validate`` imports only :mod:`vgrl.config` (no torch), so it answers in a fraction of a second;
 commands that run models import them lazily.
@@ -38,16 +38,23 @@ def summary_lines(cfg) -> list[str]:
     plan_text = plan.kind if plan.kind != "window" else (
         f"window (start {plan.window_start}, size {plan.window_size})")
     n_prompts = cfg.batch_size // cfg.group_size
-    return [
+    lines = [
         f"  backbone  {bb.name} ({source}), prediction {bb.prediction}, {bb.dtype}, {bb.resolution}px",
         f"  kernel    {cfg.kernel.name}" + (f" ({opts})" if opts else ""),
         f"  sampling  {sampling.num_steps} steps, guidance {sampling.guidance_scale:g}"
         f"{' (no CFG)' if sampling.guidance_scale == 1 else ''}, plan {plan_text}; "
         f"SDE steps {_steps(sampling.sde_steps())}, recorded {_steps(sampling.recorded_steps())}",
         f"  batch     {cfg.batch_size} images = {n_prompts} prompt(s) x group {cfg.group_size} "
-        f"({len(cfg.prompts)} prompts given), seed {cfg.seed}, "
+        + (f"({len(cfg.prompts)} prompts given)" if cfg.prompts else f"(world {cfg.data.world}, split {cfg.data.split})")
+        + f", seed {cfg.seed}, "
         + ("deterministic" if cfg.deterministic else "non-deterministic"),
     ]
+    if cfg.data.world:  # a training config
+        t = cfg.train
+        lines.append(f"  train     {cfg.algorithm.name} on reward {cfg.reward.name}, {t.iterations} iterations"
+                     + (f" (at most {t.max_minutes:g} min)" if t.max_minutes else "")
+                     + f", lr {t.lr:g}, " + (f"LoRA rank {t.lora.rank}" if t.lora else "full fine-tuning"))
+    return lines
 
 
 def _load(args: argparse.Namespace):
@@ -88,6 +95,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Post-train a generator per a config; write the run folder (metrics, checkpoints, report)."""
+    cfg = _load(args)
+    if cfg is None:
+        return EXIT_CONFIG
+    from vgrl.trainer import TrainingError, train  # heavy: torch, diffusers
+
+    try:
+        train(cfg, args.run_dir, resume=args.resume)
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return EXIT_OK
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Train a small base generator on a built-in world and save it as a diffusers pipeline."""
     from vgrl.pretrain import PretrainSettings, run
@@ -106,6 +128,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     run(args.model, args.world, args.split, per_category=args.samples_per_category, num_steps=args.steps,
         guidance_scale=args.guidance, seed=args.seed, out_dir=args.out, kernel=args.kernel)
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write RUN_DIR/report.html from the run's metrics, summary and grids; print its path."""
+    from vgrl.evaluation.report import write_report
+
+    try:
+        path = write_report(args.run_dir)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(path)
     return EXIT_OK
 
 
@@ -146,6 +181,15 @@ def _add_eval(sub) -> None:
     p.set_defaults(func=cmd_eval)
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="write a run folder's report.html",
+                       description="Write RUN_DIR/report.html, one self-contained page: summary (held-out accuracy "
+                                   "before -> after), reward, loss and accuracy curves, skipped steps and sample "
+                                   "grids, from metrics.jsonl, summary.json and grids/*.png.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run folder holding metrics.jsonl")
+    p.set_defaults(func=cmd_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``vgrl`` argument parser with its subcommands."""
     parser = argparse.ArgumentParser(
@@ -172,8 +216,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", default=None,
                    help="output folder (default: the config's run_dir, else runs/sample)")
     p.set_defaults(func=cmd_sample)
+    p = sub.add_parser("train", help="post-train a generator against a reward",
+                       description="Run a training config: rollouts, rewards, algorithm updates, periodic held-out "
+                                   "evaluation, checkpoints. Writes config.yaml, metrics.jsonl, tensorboard/, "
+                                   "grids/, checkpoints/, summary.json and report.html to the run folder.")
+    p.add_argument("config", metavar="CONFIG", help="YAML config file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+    p.add_argument("--run-dir", metavar="DIR", default=None,
+                   help="run folder (default: the config's run_dir, else runs/train)")
+    p.add_argument("--resume", metavar="auto|CKPT", default=None,
+                   help="'auto': continue from the newest complete checkpoint in the run folder (fresh start "
+                        "if none); or a checkpoint directory")
+    p.set_defaults(func=cmd_train)
     _add_pretrain(sub)
     _add_eval(sub)
+    _add_report(sub)
     return parser
 
 

@@ -1,13 +1,23 @@
-"""Run artefacts: image grids (metrics logging joins here with the trainer)."""
+"""Run artefacts: ``metrics.jsonl`` and tensorboard (:class:`Tracker`), image grids and SVG plots.
+
+Importing this module does not import torch (``vgrl report`` stays light); the tensorboard writer is
+imported when a :class:`Tracker` turns it on.
+"""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+from html import escape
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
-from torch import Tensor
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def image_grid(images: Tensor, nrow: int | None = None, pad: int = 2, scale: int = 1) -> Image.Image:
@@ -39,26 +49,26 @@ def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, scale: 
 def svg_line_plot(series: dict[str, list[tuple[float, float]]], *, title: str = "", xlabel: str = "",
                   ylabel: str = "", width: int = 560, height: int = 320, log_y: bool = False) -> str:
     """A self-contained SVG line chart of named ``(x, y)`` series (for docs and report.html)."""
-    import math as _m
-
     pts = [(x, y) for s in series.values() for x, y in s if (y > 0 or not log_y)]
     if not pts:
         raise ValueError("svg_line_plot needs at least one point")
-    fy = (lambda y: _m.log10(y)) if log_y else (lambda y: y)
+    fy = math.log10 if log_y else (lambda y: y)
     x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
     y0, y1 = min(fy(p[1]) for p in pts), max(fy(p[1]) for p in pts)
     x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
     left, right, top, bottom = 60, 20, 30, 45
     sx = lambda x: left + (x - x0) / (x1 - x0) * (width - left - right)  # noqa: E731
     sy = lambda y: height - bottom - (fy(y) - y0) / (y1 - y0) * (height - top - bottom)  # noqa: E731
-    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf"]
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
+               "#7f7f7f", "#bcbd22"]
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
            f'font-size="11"><rect width="100%" height="100%" fill="white"/>',
-           f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="13">{title}</text>',
+           f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="13">{escape(title)}</text>',
            f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="black"/>',
            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="black"/>',
-           f'<text x="{width / 2}" y="{height - 8}" text-anchor="middle">{xlabel}</text>',
-           f'<text x="14" y="{height / 2}" text-anchor="middle" transform="rotate(-90 14 {height / 2})">{ylabel}</text>']
+           f'<text x="{width / 2}" y="{height - 8}" text-anchor="middle">{escape(xlabel)}</text>',
+           f'<text x="14" y="{height / 2}" text-anchor="middle" transform="rotate(-90 14 {height / 2})">'
+           f'{escape(ylabel)}</text>']
     for i in range(5):
         xv, yv = x0 + (x1 - x0) * i / 4, y0 + (y1 - y0) * i / 4
         label = f"{10 ** yv:.3g}" if log_y else f"{yv:.3g}"
@@ -69,6 +79,141 @@ def svg_line_plot(series: dict[str, list[tuple[float, float]]], *, title: str = 
         colour = colours[k % len(colours)]
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in s if (y > 0 or not log_y))
         out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{path}"/>')
-        out.append(f'<text x="{width - right - 4}" y="{top + 14 * (k + 1)}" text-anchor="end" fill="{colour}">{name}</text>')
+        if len(s) <= 20:  # few points (evaluations): mark each, so a lone point still shows
+            out.extend(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{colour}"/>'
+                       for x, y in s if (y > 0 or not log_y))
+        out.append(f'<text x="{width - right - 4}" y="{top + 14 * (k + 1)}" text-anchor="end" fill="{colour}">'
+                   f'{escape(name)}</text>')
     out.append("</svg>")
     return "\n".join(out)
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a ``metrics.jsonl``, in file order.
+
+    A last line without its newline that does not parse (a write cut by a crash) is dropped; any other
+    line that does not parse raises ``ValueError`` naming the file and line.
+    """
+    text = Path(path).read_text()
+    lines = text.split("\n")
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines):  # no newline after it: torn by a crash mid-write
+                break
+            raise ValueError(f"{path}:{i}: not a JSON row ({e.msg})") from None
+    return rows
+
+
+def _check_value(key: str, value) -> None:
+    """Raise ``TypeError`` naming ``key`` unless ``value`` is a number, string, bool, list or dict of them."""
+    if isinstance(value, (bool, int, float, str)):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_value(f"{key}[{i}]", v)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_value(f"{key}/{k}", v)
+    else:
+        raise TypeError(f"metrics row field {key!r}: {type(value).__name__} is not a number, string, bool, "
+                        f"list or dict (convert tensors with .item() or .tolist())")
+
+
+def _scalars(prefix: str, values: dict) -> dict[str, float]:
+    """Numeric (and bool) values of ``values`` keyed ``prefix/key``, nested dicts flattened ``prefix/key/sub``."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_scalars(f"{prefix}/{key}", value))
+        elif isinstance(value, (bool, int, float)):
+            out[f"{prefix}/{key}"] = float(value)
+    return out
+
+
+class Tracker:
+    """A run's metrics: one JSON line per :meth:`log` in ``run_dir/metrics.jsonl`` (flushed and fsync'd)
+    and, when ``tensorboard`` is on, scalars and grids under ``run_dir/tensorboard/``.
+
+    Every row has ``kind`` (``train``, ``eval``, ``skip``, ...) and ``iteration``; tensorboard gets each
+    numeric value of a row as the scalar ``{kind}/{key}`` at step ``iteration`` (nested dicts flattened,
+    ``eval/accuracy/colors``; bools as 0/1).
+
+    Args:
+        run_dir: the run folder (created).
+        tensorboard: also write tensorboard events.
+        resume_iteration: a resumed run restarts after this iteration: rows with a larger ``iteration``
+            are removed from ``metrics.jsonl`` (rewritten atomically) and tensorboard purges its events
+            from step ``resume_iteration + 1`` on, since the run re-does them.
+    """
+
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, resume_iteration: int | None = None):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        if resume_iteration is not None and self.metrics_path.exists():
+            kept = [r for r in read_metrics(self.metrics_path) if r["iteration"] <= resume_iteration]
+            _atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        self._file = self.metrics_path.open("a")
+        self._writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            purge = None if resume_iteration is None else resume_iteration + 1
+            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
+
+    def log(self, row: dict) -> None:
+        """Append ``row`` (needs ``kind`` and an int ``iteration``) to metrics.jsonl and its numbers to tensorboard."""
+        if not isinstance(row.get("kind"), str) or not isinstance(row.get("iteration"), int):
+            raise ValueError(f"a metrics row needs a string 'kind' and an int 'iteration', got {row!r}")
+        for key, value in row.items():
+            _check_value(key, value)
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        if self._writer is not None:
+            values = {k: v for k, v in row.items() if k not in ("kind", "iteration")}
+            for tag, value in _scalars(row["kind"], values).items():
+                self._writer.add_scalar(tag, value, global_step=row["iteration"])
+            self._writer.flush()
+
+    def image(self, name: str, images: Tensor, iteration: int, nrow: int | None = None) -> Path:
+        """Save ``(B, 3, H, W)`` pixels in [0, 1] as ``run_dir/grids/{name}.png`` (scale 3), add it to tensorboard."""
+        path = save_grid(images, self.run_dir / "grids" / f"{name}.png", nrow=nrow, scale=3)
+        if self._writer is not None:
+            with Image.open(path) as grid:
+                self._writer.add_image(name, np.asarray(grid.convert("RGB")), iteration, dataformats="HWC")
+            self._writer.flush()
+        return path
+
+    def close(self) -> None:
+        """Close metrics.jsonl and the tensorboard writer (idempotent)."""
+        self._file.close()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``: temp file in the same folder, fsync, ``os.replace``, fsync the folder."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

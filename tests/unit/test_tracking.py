@@ -1,13 +1,16 @@
-"""Image grids and SVG plots."""
+"""Image grids, SVG plots and the Tracker: metrics.jsonl rows, tensorboard scalars, resume truncation."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from vgrl.tracking import image_grid, save_grid, svg_line_plot
+from vgrl.tracking import Tracker, image_grid, read_metrics, save_grid, svg_line_plot
 
 
 def test_grid_places_each_image_in_its_cell(tmp_path):
@@ -30,5 +33,85 @@ def test_grid_rejects_non_rgb():
 def test_svg_plot_has_one_line_per_series():
     svg = svg_line_plot({"a": [(0, 1.0), (1, 0.5)], "b": [(0, 2.0), (1, 3.0)]}, title="t", log_y=True)
     assert svg.startswith("<svg") and svg.count("<polyline") == 2 and ">a<" in svg and ">b<" in svg
+    assert svg.count("<circle") == 4  # short series: every point marked
+    assert "a &lt;b&gt;" in svg_line_plot({"a <b>": [(0, 1.0)]})  # names escaped; one point still draws
     with pytest.raises(ValueError):
         svg_line_plot({"a": []})
+
+
+def _row(kind: str, iteration: int, **values) -> dict:
+    return {"kind": kind, "iteration": iteration, **values}
+
+
+def _scalars(run_dir, tag: str) -> list[tuple[int, float]]:
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_rows_round_trip(tmp_path):
+    rows = [_row("train", 1, images=8, reward_mean=0.25, skipped=False, loss=float("nan")),
+            _row("eval", 1, accuracy={"colors": 0.5, "counting": 0.0}, samples=12),
+            _row("skip", 2, reason="all rewards equal", prompt_ids=[3, 7])]
+    with Tracker(tmp_path, tensorboard=False) as tracker:
+        for row in rows:
+            tracker.log(row)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["kind"] for line in lines] == ["train", "eval", "skip"]
+    got = read_metrics(tmp_path / "metrics.jsonl")
+    assert np.isnan(got[0].pop("loss")) and np.isnan(rows[0].pop("loss"))
+    assert got == rows
+    assert not (tmp_path / "tensorboard").exists()
+
+
+def test_log_rejects_rows_it_cannot_store(tmp_path):
+    with Tracker(tmp_path, tensorboard=False) as tracker:
+        with pytest.raises(ValueError, match="'kind' and an int 'iteration'"):
+            tracker.log({"kind": "train", "loss": 1.0})
+        with pytest.raises(TypeError, match=r"'accuracy/colors': Tensor is not a number"):
+            tracker.log(_row("eval", 0, accuracy={"colors": torch.tensor(0.5)}))
+    assert (tmp_path / "metrics.jsonl").read_text() == ""
+
+
+def test_tensorboard_scalars_and_grids(tmp_path):
+    with Tracker(tmp_path) as tracker:
+        tracker.log(_row("train", 1, images=8, reward_mean=0.25, skipped=True, note="text", ids=[1, 2]))
+        tracker.log(_row("train", 2, images=16, reward_mean=0.5, skipped=False))
+        tracker.log(_row("eval", 2, overall_accuracy=0.4, accuracy={"colors": 0.75}))
+        path = tracker.image("eval_after", torch.rand(4, 3, 8, 8), 2, nrow=2)
+    assert path == tmp_path / "grids" / "eval_after.png" and Image.open(path).size == (3 * 22, 3 * 22)
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert set(acc.Tags()["scalars"]) == {"train/images", "train/reward_mean", "train/skipped",
+                                          "eval/overall_accuracy", "eval/accuracy/colors"}
+    assert _scalars(tmp_path, "train/reward_mean") == [(1, 0.25), (2, 0.5)]
+    assert _scalars(tmp_path, "eval/accuracy/colors") == [(2, 0.75)]
+    assert acc.Tags()["images"] == ["eval_after"]
+
+
+def test_resume_drops_rows_after_the_checkpoint(tmp_path):
+    with Tracker(tmp_path) as tracker:
+        for it in range(5):
+            tracker.log(_row("train", it, reward_mean=float(it)))
+            if it % 2 == 0:
+                tracker.log(_row("eval", it, overall_accuracy=0.1 * it))
+    before = read_metrics(tmp_path / "metrics.jsonl")
+    with Tracker(tmp_path, resume_iteration=2) as tracker:
+        assert read_metrics(tmp_path / "metrics.jsonl") == [r for r in before if r["iteration"] <= 2]
+        for it in (3, 4):
+            tracker.log(_row("train", it, reward_mean=10.0 + it))
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [(r["kind"], r["iteration"]) for r in rows] == [
+        ("train", 0), ("eval", 0), ("train", 1), ("train", 2), ("eval", 2), ("train", 3), ("train", 4)]
+    assert [p.name for p in tmp_path.iterdir() if p.is_file()] == ["metrics.jsonl"]  # no temp file left
+    # tensorboard purges the re-done steps: one value per step, the resumed run's
+    assert _scalars(tmp_path, "train/reward_mean") == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 13.0), (4, 14.0)]
+
+
+def test_read_metrics_drops_only_a_torn_last_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"kind": "train", "iteration": 1}\n{"kind": "tra')
+    assert read_metrics(path) == [{"kind": "train", "iteration": 1}]
+    path.write_text('{"kind": "train", "iteration": 1}\n{"kind": "tra\n{"kind": "eval", "iteration": 1}\n')
+    with pytest.raises(ValueError, match="metrics.jsonl:2: not a JSON row"):
+        read_metrics(path)

@@ -8,8 +8,9 @@ minibatches)`` gives the gradient of the mean. Loops, optimisers and distributio
 never to an algorithm. State an algorithm carries across iterations (DDPO's per-prompt statistics) is
 returned by ``state_dict`` so that resume is exact.
 
-Runtime objects an algorithm needs are explicit constructor arguments: a reward-gradient algorithm
-(``needs.differentiable_reward``) is built as ``cls(options, reward=reward)``.
+Runtime objects an algorithm needs are explicit constructor arguments: the trainer builds every
+algorithm as ``cls(options, reward=reward)``; a reward-gradient algorithm (``needs.differentiable_reward``)
+calls ``self.reward`` in its loss.
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ class Algorithm(ABC):
     name: ClassVar[str]
     Options: ClassVar[type[AlgorithmOptions]] = AlgorithmOptions
 
-    def __init__(self, options: AlgorithmOptions) -> None:
+    def __init__(self, options: AlgorithmOptions, reward=None) -> None:
+        """``reward``: the run's reward object, for algorithms that call it themselves (reward gradients)."""
         self.options = options
+        self.reward = reward
 
     @property
     @abstractmethod

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from pydantic import Field
 from torch import Tensor
 
 from vgrl.advantages import group_advantages
+from vgrl.algorithms._policy import clipped_policy_loss, recorded_column, reference_kl
 from vgrl.algorithms.base import Algorithm, AlgorithmOptions, Needs
 from vgrl.rollout import recompute_log_prob
 from vgrl.types import Batch, RewardOutput, Trajectory
@@ -32,20 +32,6 @@ class FlowGRPOOptions(AlgorithmOptions):
     adv_clip: float | None = Field(5.0, gt=0, description="clip advantages to [-adv_clip, adv_clip]; None = off")
     global_std: bool = Field(False, description="normalise by the batch std instead of each group's")
     eps: float = Field(1e-4, gt=0, description="added to the std when normalising")
-
-
-def clipped_policy_loss(log_prob: Tensor, old_log_prob: Tensor, adv: Tensor,
-                        clip_range: float) -> tuple[Tensor, dict[str, float]]:
-    """PPO-clip surrogate over ``(B,)`` log-probs and advantages, and its diagnostics."""
-    ratio = torch.exp(log_prob - old_log_prob)
-    unclipped = -adv * ratio
-    clipped = -adv * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = torch.maximum(unclipped, clipped).mean()
-    with torch.no_grad():
-        metrics = {"ratio_mean": ratio.mean().item(), "ratio_max_dev": (ratio - 1).abs().max().item(),
-                   "clipfrac": ((ratio - 1).abs() > clip_range).float().mean().item(),
-                   "approx_kl": 0.5 * ((log_prob - old_log_prob) ** 2).mean().item()}
-    return loss, metrics
 
 
 class FlowGRPO(Algorithm):
@@ -67,20 +53,14 @@ class FlowGRPO(Algorithm):
 
     def loss(self, backbone, kernel, batch: Batch, step_idx: int, ref=None) -> tuple[Tensor, dict[str, float]]:
         traj = batch.traj
-        k = int((traj.step_idx == step_idx).nonzero().flatten()[0])
+        k = recorded_column(traj, step_idx)
         tr = recompute_log_prob(backbone, kernel, traj, step_idx)
         loss, metrics = clipped_policy_loss(tr.log_prob, traj.log_prob[:, k], batch.adv, self.options.clip_range)
+        metrics["policy_loss"] = loss.item()
         if self.options.beta > 0:
-            if ref is None:
-                raise ValueError("flow_grpo with beta > 0 needs a reference model (ref=)")
-            with torch.no_grad():
-                ref_mean = recompute_log_prob(ref, kernel, traj, step_idx).mean
-            dims = tuple(range(1, tr.mean.ndim))
-            std2 = tr.std.reshape(-1) ** 2
-            kl = ((tr.mean - ref_mean) ** 2).mean(dim=dims) / (2 * std2)
+            kl = reference_kl(ref, kernel, traj, step_idx, tr, self.name)
             loss = loss + self.options.beta * kl.mean()
             metrics["kl"] = kl.mean().item()
-        metrics["policy_loss"] = loss.item()
         return loss, metrics
 
 

@@ -63,6 +63,10 @@ def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) 
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+# YAML 1.1 (PyYAML) reads ``1e-4`` (no dot) as a string; YAML 1.2 and every user read it as a float.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
 
 
 def _read_yaml(path: Path) -> dict:
@@ -99,7 +103,7 @@ def apply_overrides(data: dict, overrides: Sequence[str], file: str | None = Non
             raise ConfigError([f"override {item!r}: expected KEY=VALUE with a dotted KEY, "
                                "e.g. sampling.num_steps=20"], file)
         try:
-            value = yaml.safe_load(raw)
+            value = yaml.load(raw, Loader=_UniqueKeyLoader)
         except yaml.YAMLError as e:
             raise ConfigError([f"{'.'.join(parts)}: override {item!r}: value is not valid YAML "
                                f"({getattr(e, 'problem', None) or e})"], file) from None

@@ -94,6 +94,41 @@ def evaluate(backbone: Backbone, world, es: EvalSet, *, num_steps: int, guidance
     return EvalResult(acc, sco, sum(acc.values()) / len(acc), sum(sco.values()) / len(sco), len(es.texts), images)
 
 
+@dataclass
+class WorldEvaluator:
+    """A fixed evaluation of one backbone during training: the same prompts, seeds and sampler each time."""
+
+    backbone: Backbone
+    world: object
+    es: EvalSet
+    num_steps: int
+    guidance_scale: float
+    batch_size: int = 128
+    keep_images: int = 64
+
+    @classmethod
+    def from_config(cls, cfg, backbone: Backbone) -> WorldEvaluator:
+        """From a run config's ``eval`` section; steps and guidance default to the model's ``vgrl.json``
+        (``eval_steps``, ``eval_guidance``), else to the config's ``sampling``."""
+        from vgrl import registry
+        from vgrl.backbones.base import read_meta
+
+        e = cfg.eval
+        meta = read_meta(cfg.backbone.path) if cfg.backbone.path else {}
+        world = registry.resolve("worlds", cfg.data.world)(resolution=cfg.backbone.resolution)
+        if e.split not in world.splits:
+            raise ValueError(f"eval.split: unknown split {e.split!r} of world {cfg.data.world!r}; "
+                             f"valid: {', '.join(world.splits)}")
+        steps = e.num_steps or meta.get("eval_steps", cfg.sampling.num_steps)
+        guidance = e.guidance_scale or meta.get("eval_guidance", cfg.sampling.guidance_scale)
+        return cls(backbone, world, eval_set(world, e.split, e.per_category, e.seed), steps, guidance, e.batch_size)
+
+    def run(self, progress: bool = True) -> EvalResult:
+        return evaluate(self.backbone, self.world, self.es, num_steps=self.num_steps,
+                        guidance_scale=self.guidance_scale, batch_size=self.batch_size,
+                        keep_images=self.keep_images, progress=progress)
+
+
 def run(model: str, world_name: str = "shapes", split: str = "heldout", *, per_category: int = 128,
         num_steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
         out_dir: str = "runs/eval", kernel: str = "ode") -> EvalResult:

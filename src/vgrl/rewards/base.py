@@ -37,6 +37,14 @@ class RewardOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class NonFiniteRewardError(ValueError):
+    """A reward produced NaN or inf scores; ``samples`` are the batch rows concerned."""
+
+    def __init__(self, message: str, samples: list[int]) -> None:
+        super().__init__(message)
+        self.samples = samples
+
+
 class RewardInputError(ValueError):
     """An input to a reward (``images``, ``prompts`` or ``metadata``) is malformed."""
 
@@ -98,7 +106,8 @@ class Reward(ABC):
             raise TypeError(f"{who}: scores are on {s.device} but images on {images.device}")
         bad = ~torch.isfinite(s.detach())
         if bool(bad.any()):
-            raise ValueError(f"{who}: non-finite scores for samples {bad.nonzero().flatten().tolist()}")
+            rows = bad.nonzero().flatten().tolist()
+            raise NonFiniteRewardError(f"{who}: non-finite scores for samples {rows}", rows)
         if not isinstance(out.details, dict):
             raise TypeError(f"{who}: details must be a dict, got {type(out.details).__name__}")
         if out.dense is not None and (out.dense.ndim < 2 or out.dense.shape[0] != b):

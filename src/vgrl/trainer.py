@@ -1,0 +1,473 @@
+"""``vgrl train``: the one training loop, readable top to bottom.
+
+One iteration (DESIGN.md)::
+
+    prompts --repeat xG--> cond = backbone.encode(prompts)
+    COLLECT  traj = rollout(...)                     no grad; records x_t, x_next, t, old log-probs, x0, seeds
+    SCORE    r = reward(backbone.decode(traj.x0), prompts, metadata)
+    PREPARE  batch = algorithm.prepare(traj, r, group_ids, prompts, metadata)
+    UPDATE   for each inner epoch, optimiser step, minibatch and unit: backward(loss / (units x grad_accum));
+             average gradients over processes; skip the step if anything is non-finite; clip; step; EMA
+    LOG / EVAL / SAVE
+
+Exactness: every random draw of the loop comes from a named ``torch.Generator`` (prompts, seeds,
+minibatch order) saved in each checkpoint with the optimiser, LR schedule, EMA, algorithm state and
+counters, so a resumed run continues bit for bit (fp32, ``deterministic: true``, CPU). The policy is
+kept in eval mode throughout (no dropout), so the importance ratio is exactly 1 at the first inner
+step after a rollout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vgrl import backbones, checkpoint, distributed, registry
+from vgrl.algorithms.base import check_compatible
+from vgrl.config import RunConfig, save_config
+from vgrl.policy import PromptSampler, Reference, add_lora, load_trainable_state, trainable_state
+from vgrl.rewards.base import NonFiniteRewardError
+from vgrl.rollout import kernel_for, make_seeds, plan_from_config, rollout
+from vgrl.types import Batch, RewardOutput
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (too many consecutive non-finite steps, a bad resume point, ...)."""
+
+
+@dataclass
+class Counters:
+    """Progress that a checkpoint restores."""
+
+    iteration: int = 0
+    images: int = 0
+    wall_seconds: float = 0.0          # training time: collect + update, evaluation excluded
+    eval_seconds: float = 0.0
+    optimizer_steps: int = 0
+    skipped_steps: int = 0
+    consecutive_skips: int = 0
+
+
+@dataclass
+class Run:
+    """Everything built from the config, once."""
+
+    cfg: RunConfig
+    dist: distributed.Dist
+    backbone: Any
+    kernel: Any
+    plan: Any
+    reward: Any
+    algorithm: Any
+    module: torch.nn.Module
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    ref: Reference | None
+    ema: Any
+    sampler: PromptSampler
+    generators: dict[str, torch.Generator]
+    evaluator: Any
+
+
+# ----------------------------------------------------------------------------------------------- train
+
+
+def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: str | None = None) -> dict:
+    """Train per ``cfg``; write the run directory; return ``summary.json``'s content.
+
+    Args:
+        run_dir: output directory (default ``cfg.run_dir``, else ``runs/train``).
+        resume: ``"auto"`` (newest complete checkpoint in ``run_dir``, or a fresh start), or a
+            checkpoint directory.
+    """
+    from vgrl.evaluation.report import write_report
+    from vgrl.tracking import Tracker
+
+    run_dir = Path(run_dir or cfg.run_dir or "runs/train")
+    run = build(cfg)
+    counters, before = Counters(), None
+    start_from = _resume_point(run_dir, resume)
+    if resume is None and (run_dir / "metrics.jsonl").exists():
+        raise TrainingError(f"{run_dir} already holds a run (metrics.jsonl); continue it with --resume auto, or "
+                            "choose another --run-dir (nothing was overwritten)")
+    run.dist.barrier()  # every process has checked before the main one writes
+    if start_from is not None:
+        counters, before = restore(run, start_from)
+    if run.dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    # a resumed run re-does what came after its checkpoint; '--resume auto' with no checkpoint restarts
+    resume_iteration = counters.iteration if start_from is not None else (-1 if resume == "auto" else None)
+    tracker = Tracker(run_dir, cfg.log.tensorboard, resume_iteration=resume_iteration) if run.dist.main else None
+    if counters.iteration == 0 and cfg.eval.before:
+        before = evaluate(run, counters, tracker, "eval_before")
+    last_eval = before if counters.iteration == 0 else None
+
+    progress = _Progress(cfg, counters, enabled=cfg.log.progress and run.dist.main)
+    while not _finished(cfg, counters):
+        started = time.perf_counter()
+        row, images = iterate(run, counters)
+        counters.wall_seconds += time.perf_counter() - started
+        counters.iteration += 1
+        counters.images += cfg.batch_size
+        row.update(iteration=counters.iteration, images=counters.images, wall_seconds=counters.wall_seconds)
+        if tracker is not None:
+            tracker.log(row)
+            if cfg.log.grid_every and counters.iteration % cfg.log.grid_every == 0 and images is not None:
+                tracker.image(f"train_{counters.iteration:06d}", images[:64], counters.iteration)
+        progress.update(row)
+        last_eval = None
+        if cfg.eval.every and counters.iteration % cfg.eval.every == 0 and not _finished(cfg, counters):
+            last_eval = evaluate(run, counters, tracker, None)
+        if counters.iteration % cfg.train.checkpoint_every == 0:
+            save(run, counters, before, run_dir)
+    progress.close()
+
+    after = last_eval if last_eval is not None else evaluate(run, counters, tracker, "eval_after")
+    save(run, counters, before, run_dir)
+    summary = _summary(cfg, counters, before, after)
+    if run.dist.main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        tracker.close()
+        write_report(run_dir)
+        _print_summary(summary, run_dir)
+    run.dist.barrier()
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------- build
+
+
+def build(cfg: RunConfig) -> Run:
+    """Components from the config, checked against each other before any model is loaded."""
+    from vgrl.evaluation.world_eval import WorldEvaluator
+
+    torch.use_deterministic_algorithms(cfg.deterministic)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    dist = distributed.init()
+    if cfg.batch_size % (cfg.group_size * dist.world) or cfg.train.minibatch_size % dist.world:
+        raise TrainingError(f"batch_size {cfg.batch_size} (groups of {cfg.group_size}) and train.minibatch_size "
+                            f"{cfg.train.minibatch_size} must split evenly over {dist.world} processes")
+    reward = _component("rewards", "reward", cfg.reward)
+    algorithm = _component("algorithms", "algorithm", cfg.algorithm, reward=reward)
+    torch.manual_seed(cfg.seed)
+    backbone = backbones.build(cfg.backbone)
+    kernel = kernel_for(backbone, cfg.kernel.name, **cfg.kernel.options())
+    plan = plan_from_config(cfg.sampling.plan, cfg.sampling.num_steps)
+    use_ref = algorithm.needs.reference and cfg.train.reference == "auto"
+    try:
+        check_compatible(algorithm, kernel, reward, group_size=cfg.group_size, has_reference=use_ref)
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
+
+    module = backbone.trainable()
+    module.eval()
+    lora = cfg.train.lora
+    if lora is not None:
+        add_lora(module, lora.rank, lora.alpha, lora.targets, lora.init_seed)
+    ref = Reference(backbone, lora=lora is not None) if use_ref else None
+    params = [p for p in module.parameters() if p.requires_grad]
+    t = cfg.train
+    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
+    warmup = max(t.warmup_iterations, 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    ema = None
+    if t.ema_decay is not None:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(params, decay=t.ema_decay, use_ema_warmup=False)
+    sampler = _prompt_sampler(cfg)
+    generators = {name: torch.Generator().manual_seed(cfg.seed * 1000 + i)
+                  for i, name in enumerate(("seeds", "shuffle"))}
+    evaluator = WorldEvaluator.from_config(cfg, backbone) if cfg.data.world else None
+    return Run(cfg, dist, backbone, kernel, plan, reward, algorithm, module, params, optimizer, scheduler, ref, ema,
+               sampler, generators, evaluator)
+
+
+def _component(kind: str, field: str, section, **runtime):
+    """Build a reward / algorithm, turning its options' validation errors into ``field.option: ...`` lines."""
+    from pydantic import ValidationError
+
+    cls = registry.resolve(kind, section.name)
+    try:
+        options = cls.Options(**section.options())
+    except ValidationError as e:
+        lines = [f"{field}.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+        raise TrainingError(f"invalid {field} options for {section.name!r}:\n  " + "\n  ".join(lines)) from None
+    if kind == "rewards":
+        return cls(**options.model_dump())
+    return cls(options, **runtime)
+
+
+def _prompt_sampler(cfg: RunConfig) -> PromptSampler:
+    if cfg.prompts is not None:
+        return PromptSampler(list(cfg.prompts), [None] * len(cfg.prompts), list(cfg.prompts), cfg.seed)
+    world = registry.resolve("worlds", cfg.data.world)(resolution=cfg.backbone.resolution)
+    if cfg.data.split not in world.splits:
+        raise TrainingError(f"data.split: unknown split {cfg.data.split!r} of world {cfg.data.world!r}; "
+                            f"valid: {', '.join(world.splits)}")
+    prompts = world.prompts(cfg.data.split)
+    return PromptSampler([p.text for p in prompts], [p.meta for p in prompts],
+                         [p.meta.category for p in prompts], cfg.seed)
+
+
+# ------------------------------------------------------------------------------------------- iterate
+
+
+def iterate(run: Run, counters: Counters) -> tuple[dict, Tensor | None]:
+    """One COLLECT / SCORE / PREPARE / UPDATE iteration; returns its log row and the decoded images."""
+    cfg, g = run.cfg, run.cfg.group_size
+    t0 = time.perf_counter()
+    draw = run.sampler.draw(cfg.batch_size // g)
+    seeds = make_seeds(cfg.batch_size, run.generators["seeds"])
+    groups = run.dist.shard(len(draw.texts))
+    texts, metas, ids = draw.texts[groups], draw.metas[groups], draw.ids[groups]
+    prompts = [p for p in texts for _ in range(g)]
+    metadata = [m for m in metas for _ in range(g)]
+    cond = run.backbone.encode(texts, guidance=cfg.sampling.guidance_scale > 1).repeat_interleave(g)
+    traj = rollout(run.backbone, run.kernel, cond, cfg.sampling.num_steps, run.plan,
+                   seeds=seeds[groups.start * g: groups.stop * g], guidance_scale=cfg.sampling.guidance_scale)
+    with torch.no_grad():
+        images = run.backbone.decode(traj.x0)
+    row: dict[str, Any] = {"kind": "train"}
+    try:
+        reward = run.reward(images, prompts, metadata)
+    except NonFiniteRewardError as e:
+        return _skip(run, counters, row, "non-finite reward", [ids[i // g] for i in e.samples]), images
+    scores = run.dist.gather(reward.scores.detach())
+    row.update(reward_mean=scores.mean().item(), reward_std=scores.std(unbiased=False).item(),
+               seconds_rollout=time.perf_counter() - t0)
+    batch = _prepare(run, traj, reward, scores, draw, groups)
+    bad = (~torch.isfinite(batch.adv)).nonzero().flatten().tolist()
+    if run.dist.any(bool(bad)):
+        return _skip(run, counters, row, "non-finite advantage", sorted({ids[i // g] for i in bad})), images
+    t1 = time.perf_counter()
+    row.update(update(run, counters, batch))
+    row["seconds_update"] = time.perf_counter() - t1
+    return row, images
+
+
+def _prepare(run: Run, traj, reward, scores: Tensor, draw, groups: slice) -> Batch:
+    """``algorithm.prepare`` on the *global* batch (every process holds all prompts and, gathered, all
+    scores, so advantages, per-prompt statistics and algorithm state are the same on every process);
+    this process keeps its own rows."""
+    g = run.cfg.group_size
+    prompts = [p for p in draw.texts for _ in range(g)]
+    metadata = [m for m in draw.metas for _ in range(g)]
+    group_ids = torch.arange(len(draw.texts)).repeat_interleave(g)
+    if run.dist.world == 1:
+        return run.algorithm.prepare(traj, reward, group_ids, prompts, metadata)
+    full = run.algorithm.prepare(traj, RewardOutput(scores=scores), group_ids, prompts, metadata)
+    rows = torch.arange(groups.start * g, groups.stop * g)
+    pick = (lambda seq: None if seq is None else [seq[i] for i in rows.tolist()])
+    return Batch(traj=traj, rewards=full.rewards[rows], adv=full.adv[rows], group_ids=full.group_ids[rows],
+                 prompts=pick(full.prompts), metadata=pick(full.metadata),
+                 weights=None if full.weights is None else full.weights[rows])
+
+
+def update(run: Run, counters: Counters, batch: Batch) -> dict[str, float]:
+    """Inner epochs over the batch: optimiser steps of ``grad_accum`` minibatches each."""
+    t = run.cfg.train
+    local_mb = t.minibatch_size // run.dist.world
+    sums: dict[str, float] = {}
+    count = 0
+    for _ in range(t.inner_epochs):
+        order = torch.randperm(len(batch), generator=run.generators["shuffle"])
+        minibatches = list(order.split(local_mb))
+        for lo in range(0, len(minibatches), t.grad_accum):
+            step_metrics = optimizer_step(run, counters, batch, minibatches[lo: lo + t.grad_accum])
+            for k, v in step_metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+    out = {k: v / count for k, v in sums.items()}
+    out["lr"] = run.optimizer.param_groups[0]["lr"]
+    return out
+
+
+def optimizer_step(run: Run, counters: Counters, batch: Batch, minibatches: list[Tensor]) -> dict[str, float]:
+    """Accumulate the mean loss over ``minibatches`` x units, then one guarded optimiser step."""
+    metrics: dict[str, float] = {}
+    n_terms, poisoned = 0, False
+    for rows in minibatches:
+        mb = batch.index(rows)
+        units = run.algorithm.units(mb)
+        for unit in units:
+            loss, m = run.algorithm.loss(run.backbone, run.kernel, mb, unit, run.ref)
+            if not bool(torch.isfinite(loss)):
+                poisoned = True
+                break
+            (loss / (len(units) * len(minibatches))).backward()
+            n_terms += 1
+            for k, v in m.items():
+                metrics[k] = metrics.get(k, 0.0) + v
+            metrics["loss"] = metrics.get("loss", 0.0) + loss.item()
+        if poisoned:
+            break
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in run.params]
+    poisoned = run.dist.any(poisoned)
+    if not poisoned:
+        run.dist.mean_(grads)
+        poisoned = run.dist.any(not all(bool(torch.isfinite(g).all()) for g in grads))
+    if poisoned:
+        run.optimizer.zero_grad(set_to_none=True)
+        counters.skipped_steps += 1
+        counters.consecutive_skips += 1
+        if counters.consecutive_skips >= run.cfg.train.max_consecutive_skips:
+            raise TrainingError(f"{counters.consecutive_skips} consecutive optimiser steps had a non-finite loss "
+                                f"or gradient (iteration {counters.iteration + 1}); lower train.lr, check the "
+                                "reward, or raise train.max_consecutive_skips")
+        return {"skipped": 1.0}
+    for p, g in zip(run.params, grads):
+        p.grad = g
+    norm = torch.nn.utils.clip_grad_norm_(run.params, run.cfg.train.max_grad_norm or math.inf)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.ema is not None:
+        run.ema.step(run.params)
+    counters.optimizer_steps += 1
+    counters.consecutive_skips = 0
+    out = {k: v / max(n_terms, 1) for k, v in metrics.items()}
+    out.update(grad_norm=float(norm), skipped=0.0)
+    return out
+
+
+def _skip(run: Run, counters: Counters, row: dict, reason: str, prompt_ids: list[int]) -> dict:
+    """Record an iteration skipped before its update; stop after too many in a row."""
+    counters.skipped_steps += 1
+    counters.consecutive_skips += 1
+    if counters.consecutive_skips >= run.cfg.train.max_consecutive_skips:
+        raise TrainingError(f"{counters.consecutive_skips} consecutive steps skipped; last: {reason} for prompts "
+                            f"{prompt_ids} at iteration {counters.iteration + 1}")
+    row.update(skipped=1.0, skip_reason=reason, skip_prompt_ids=prompt_ids)
+    return row
+
+
+# ------------------------------------------------------------------------------------- evaluate / save
+
+
+def evaluate(run: Run, counters: Counters, tracker, grid: str | None) -> dict | None:
+    """Held-out evaluation on the main process (EMA weights when enabled); logged as an ``eval`` row."""
+    if run.evaluator is None:
+        return None
+    result = None
+    if run.dist.main:
+        started = time.perf_counter()
+        if run.ema is not None:
+            run.ema.store(run.params)
+            run.ema.copy_to(run.params)
+        try:
+            res = run.evaluator.run(progress=run.cfg.log.progress)
+        finally:
+            if run.ema is not None:
+                run.ema.restore(run.params)
+        seconds = time.perf_counter() - started
+        counters.eval_seconds += seconds
+        result = {**res.as_dict(), "eval_seconds": seconds}
+        tracker.log({"kind": "eval", "iteration": counters.iteration, "images": counters.images,
+                     "wall_seconds": counters.wall_seconds, **result})
+        if grid and res.images is not None:
+            tracker.image(grid, res.images, counters.iteration)
+    run.dist.barrier()
+    return result
+
+
+def save(run: Run, counters: Counters, before: dict | None, run_dir: Path) -> None:
+    """Write a complete checkpoint (main process) of everything the next iteration depends on."""
+    if run.dist.main:
+        state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                 "algorithm": run.algorithm.state_dict(), "sampler": run.sampler.state_dict(),
+                 "generators": {k: g.get_state() for k, g in run.generators.items()},
+                 "torch_rng": torch.get_rng_state(), "counters": asdict(counters), "before": before,
+                 "ema": run.ema.state_dict() if run.ema is not None else None}
+        checkpoint.save(run_dir / "checkpoints", counters.iteration, trainable_state(run.module), state,
+                        {"images": counters.images, "wall_seconds": counters.wall_seconds},
+                        keep=run.cfg.train.keep_checkpoints)
+    run.dist.barrier()
+
+
+def restore(run: Run, path: Path) -> tuple[Counters, dict | None]:
+    """Load a checkpoint into the built run; returns its counters and the before-training evaluation."""
+    ckpt = checkpoint.load(path)
+    load_trainable_state(run.module, ckpt.trainable)
+    s = ckpt.state
+    run.optimizer.load_state_dict(s["optimizer"])
+    run.scheduler.load_state_dict(s["scheduler"])
+    run.algorithm.load_state_dict(s["algorithm"])
+    run.sampler.load_state_dict(s["sampler"])
+    for k, g in run.generators.items():
+        g.set_state(s["generators"][k])
+    torch.set_rng_state(s["torch_rng"])
+    if (s["ema"] is None) != (run.ema is None):
+        raise TrainingError(f"{path}: train.ema_decay differs from the run that wrote this checkpoint")
+    if run.ema is not None:
+        run.ema.load_state_dict(s["ema"])
+    return Counters(**s["counters"]), s["before"]
+
+
+def _resume_point(run_dir: Path, resume: str | None) -> Path | None:
+    if resume is None:
+        return None
+    if resume == "auto":
+        return checkpoint.latest(run_dir / "checkpoints")
+    path = Path(resume)
+    if not checkpoint.is_valid(path):
+        raise TrainingError(f"--resume {resume}: not a complete checkpoint directory; use 'auto' or one of "
+                            f"{[p.name for p in checkpoint.list_checkpoints(run_dir / 'checkpoints')]}")
+    return path
+
+
+def _finished(cfg: RunConfig, counters: Counters) -> bool:
+    budget = cfg.train.max_minutes
+    return counters.iteration >= cfg.train.iterations or (budget is not None and counters.wall_seconds >= budget * 60)
+
+
+def _summary(cfg: RunConfig, counters: Counters, before: dict | None, after: dict | None) -> dict:
+    acc = (lambda r: None if r is None else r["overall_accuracy"])
+    gain = None if before is None or after is None else after["overall_accuracy"] - before["overall_accuracy"]
+    return {"heldout_accuracy_before": acc(before), "heldout_accuracy_after": acc(after), "gain_points":
+            None if gain is None else round(100 * gain, 2), "images_generated": counters.images,
+            "wall_seconds": round(counters.wall_seconds, 2), "eval_seconds": round(counters.eval_seconds, 2),
+            "iterations": counters.iteration, "optimizer_steps": counters.optimizer_steps,
+            "skipped_steps": counters.skipped_steps, "eval_split": cfg.eval.split if cfg.data.world else None,
+            "before": before, "after": after, "algorithm": cfg.algorithm.name, "kernel": cfg.kernel.name}
+
+
+def _print_summary(summary: dict, run_dir: Path) -> None:
+    from rich.console import Console
+
+    before, after = summary["heldout_accuracy_before"], summary["heldout_accuracy_after"]
+    console = Console()
+    if before is not None and after is not None:
+        console.print(f"held-out accuracy {before:.3f} -> {after:.3f} ({summary['gain_points']:+.1f} points)")
+    console.print(f"{summary['images_generated']} images, {summary['wall_seconds'] / 60:.1f} min training "
+                  f"(+{summary['eval_seconds'] / 60:.1f} min evaluation) -> {run_dir / 'summary.json'}, "
+                  f"{run_dir / 'report.html'}")
+
+
+class _Progress:
+    """A rich progress bar over iterations (or the time budget) with ETA and the live reward."""
+
+    def __init__(self, cfg: RunConfig, counters: Counters, enabled: bool) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                            TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not enabled)
+        self.task = self.bar.add_task("train", total=cfg.train.iterations, completed=counters.iteration, info="")
+        self.bar.start()
+
+    def update(self, row: dict) -> None:
+        info = f"reward {row['reward_mean']:.3f}" if "reward_mean" in row else row.get("skip_reason", "")
+        self.bar.update(self.task, completed=row["iteration"], info=info)
+
+    def close(self) -> None:
+        self.bar.stop()

@@ -1,0 +1,162 @@
+"""``vgrl train`` end to end on tiny models: artefacts, pinned values, clear errors, non-finite handling."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from vgrl import checkpoint
+from vgrl.config import load_config
+from vgrl.trainer import TrainingError, train
+
+TINY = {
+    "seed": 0,
+    "backbone": {"name": "flow", "tiny": True, "resolution": 32},
+    "kernel": {"name": "flow_sde", "noise_level": 0.7},
+    "sampling": {"num_steps": 4, "plan": {"kind": "window", "window_start": 0, "window_size": 2}},
+    "data": {"world": "shapes", "split": "train"},
+    "batch_size": 8, "group_size": 4,
+    "reward": {"name": "jpeg"},
+    "algorithm": {"name": "flow_grpo", "beta": 0.01},
+    "train": {"iterations": 3, "lr": 1e-3, "minibatch_size": 4, "grad_accum": 2, "checkpoint_every": 1},
+    "eval": {"every": 2, "per_category": 2, "batch_size": 32},
+    "log": {"grid_every": 1, "progress": False, "tensorboard": False},
+}
+
+
+def config(tmp_path, overrides=(), **sections):
+    data = json.loads(json.dumps(TINY))
+    for key, value in sections.items():
+        named = key in ("kernel", "reward", "algorithm")  # a component's options are replaced, not merged
+        data[key] = {**data[key], **value} if isinstance(value, dict) and not named else value
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_config(path, list(overrides))
+
+
+def rows(run_dir, kind=None):
+    found = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in found if kind is None or r["kind"] == kind]
+
+
+def test_run_writes_every_artefact_and_pinned_values(tmp_path):
+    run_dir = tmp_path / "run"
+    summary = train(config(tmp_path), run_dir)
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "report.html", "grids/eval_before.png",
+                 "grids/eval_after.png", "grids/train_000003.png"):
+        assert (run_dir / name).is_file(), name
+    assert [p.name for p in checkpoint.list_checkpoints(run_dir / "checkpoints")] == ["step-000002", "step-000003"]
+    assert summary["images_generated"] == 24 and summary["iterations"] == 3 and summary["optimizer_steps"] == 3
+    assert summary["heldout_accuracy_before"] is not None and summary["heldout_accuracy_after"] is not None
+    train_rows = rows(run_dir, "train")
+    assert [r["iteration"] for r in rows(run_dir, "eval")] == [0, 2, 3]
+    # The first inner step after a rollout is on-policy: the importance ratio is exactly 1.
+    assert all(r["ratio_max_dev"] <= 1e-6 for r in train_rows)
+    # Pinned: rewards of the three rollouts (JPEG size of the tiny model's samples), fp32 CPU.
+    assert [round(r["reward_mean"], 4) for r in train_rows] == pytest.approx(PINNED_REWARDS, abs=2e-4)
+    assert all(r["grad_norm"] > 0 for r in train_rows)
+
+
+PINNED_REWARDS = [-1.5814, -1.5745, -1.5805]
+
+
+def test_existing_run_dir_is_refused_without_resume(tmp_path):
+    cfg = config(tmp_path, train={"iterations": 1}, eval={"before": False, "every": None})
+    train(cfg, tmp_path / "run")
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    with pytest.raises(TrainingError, match="already holds a run.*--resume auto"):
+        train(cfg, tmp_path / "run")
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+
+
+def test_bad_algorithm_option_names_the_field(tmp_path):
+    cfg = config(tmp_path, algorithm={"name": "flow_grpo", "clip_rnge": 0.1})
+    with pytest.raises(TrainingError, match=r"algorithm\.clip_rnge: Extra inputs are not permitted"):
+        train(cfg, tmp_path / "run")
+
+
+def test_incompatible_kernel_is_one_line(tmp_path):
+    cfg = config(tmp_path, kernel={"name": "ode"}, sampling={"num_steps": 4, "plan": {"kind": "ode"}})
+    with pytest.raises(TrainingError, match="needs per-step log-probabilities, but kernel 'ode' is deterministic"):
+        train(cfg, tmp_path / "run")
+
+
+class NaNOnce:
+    """Wraps a reward: NaN for sample 5 on the given calls."""
+
+    def __init__(self, reward, calls):
+        self.reward, self.calls, self.n = reward, set(calls), 0
+
+    def __call__(self, images, prompts, metadata):
+        from vgrl.rewards.base import NonFiniteRewardError
+
+        self.n += 1
+        if self.n in self.calls:
+            raise NonFiniteRewardError("reward 'jpeg': non-finite scores for samples [5]", [5])
+        return self.reward(images, prompts, metadata)
+
+
+def _patched_build(monkeypatch, patch):
+    import vgrl.trainer as trainer
+
+    original = trainer.build
+
+    def build(cfg):
+        run = original(cfg)
+        patch(run)
+        return run
+
+    monkeypatch.setattr(trainer, "build", build)
+
+
+def test_non_finite_reward_skips_and_logs_prompt_ids(tmp_path, monkeypatch):
+    _patched_build(monkeypatch, lambda run: setattr(run, "reward", NaNOnce(run.reward, {2})))
+    summary = train(config(tmp_path, eval={"before": False, "every": None}), tmp_path / "run")
+    skipped = [r for r in rows(tmp_path / "run", "train") if r.get("skipped") == 1.0]
+    assert len(skipped) == 1 and skipped[0]["iteration"] == 2 and skipped[0]["skip_reason"] == "non-finite reward"
+    assert len(skipped[0]["skip_prompt_ids"]) == 1  # sample 5 belongs to the second prompt group
+    assert summary["skipped_steps"] == 1 and summary["optimizer_steps"] == 2
+
+
+def test_consecutive_non_finite_losses_stop_the_run_and_never_reach_a_checkpoint(tmp_path, monkeypatch):
+    def poison(run):
+        loss = run.algorithm.loss
+
+        def nan_loss(*args, **kwargs):
+            value, metrics = loss(*args, **kwargs)
+            return value * float("nan"), metrics
+
+        run.algorithm.loss = nan_loss
+
+    _patched_build(monkeypatch, poison)
+    cfg = config(tmp_path, train={"max_consecutive_skips": 2}, eval={"before": False, "every": None})
+    with pytest.raises(TrainingError, match="2 consecutive optimiser steps had a non-finite loss or gradient"):
+        train(cfg, tmp_path / "run")
+    ckpts = checkpoint.list_checkpoints(tmp_path / "run" / "checkpoints")
+    assert [p.name for p in ckpts] == ["step-000001"]
+    lora_b = [v for k, v in checkpoint.load(ckpts[0]).trainable.items() if "lora_B" in k]
+    assert all(bool(torch.isfinite(v).all()) and v.abs().max() == 0 for v in lora_b)  # never updated
+
+
+def test_non_finite_gradient_skips_the_step(tmp_path, monkeypatch):
+    calls = {"n": 0}
+
+    def hook(grad):
+        calls["n"] += 1
+        return grad * float("nan") if calls["n"] <= 4 else grad  # first optimiser step: 2 minibatches x 2 steps
+
+    _patched_build(monkeypatch, lambda run: run.params[0].register_hook(hook))
+    summary = train(config(tmp_path, eval={"before": False, "every": None}), tmp_path / "run")
+    assert summary["skipped_steps"] == 1 and summary["optimizer_steps"] == 2
+    assert [r["skipped"] for r in rows(tmp_path / "run", "train")] == [1.0, 0.0, 0.0]
+
+
+def test_checkpoint_refuses_non_finite_tensors(tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match="non-finite trainable weights: w"):
+        checkpoint.save(tmp_path, 1, {"w": torch.tensor([1.0, float("inf")])}, {}, {})
+    with pytest.raises(checkpoint.CheckpointError, match="optimiser or RNG state: opt/m"):
+        checkpoint.save(tmp_path, 1, {"w": torch.ones(2)}, {"opt": {"m": torch.tensor([float("nan")])}}, {})
+    assert checkpoint.latest(tmp_path) is None and not any(tmp_path.iterdir())
