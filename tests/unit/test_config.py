@@ -293,7 +293,6 @@ def test_prompts_or_world_required(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("batch_size: 8\ntrain: {minibatch_size: 3}", "train.minibatch_size: 3 does not divide batch_size 8"),
     ("batch_size: 8\ntrain: {minibatch_size: 2, grad_accum: 3}", "train.grad_accum: 3 minibatches of 2"),
-    ("train: {mixed_precision: bf16}", "train.mixed_precision: 'bf16' with deterministic: true"),
     ("algorithm: {name: flow_grpoo}", "algorithm.name: unknown algorithm 'flow_grpoo' (did you mean 'flow_grpo'?)"),
     ("reward: {name: jpg}", "reward.name: unknown reward 'jpg'"),
     ("data: {world: shape}", "data.world: unknown world 'shape' (did you mean 'shapes'?)"),

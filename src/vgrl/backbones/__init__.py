@@ -9,10 +9,20 @@ if TYPE_CHECKING:  # pragma: no cover
     from vgrl.config import BackboneConfig
 
 
+def quiet_loading() -> None:
+    """Silence diffusers' and transformers' per-component loading bars (vgrl shows its own progress)."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def build(cfg: BackboneConfig) -> Backbone:
     """The backbone a config names: tiny random-init, or loaded from a local diffusers directory."""
     from vgrl import registry
 
+    quiet_loading()
     cls = registry.resolve("backbones", cfg.name)
     if cfg.tiny:
         kwargs = {"resolution": cfg.resolution, "dtype": cfg.dtype}
@@ -36,6 +46,7 @@ def load(path: str, *, dtype: str = "float32") -> Backbone:
 
     from vgrl import registry
 
+    quiet_loading()
     index = Path(path) / "model_index.json"
     if not index.is_file():
         raise FileNotFoundError(f"{path} is not a diffusers pipeline directory (no model_index.json)")

@@ -340,9 +340,6 @@ class RunConfig(BaseModel):
             problems.append((("train", "grad_accum"), f"{t.grad_accum} minibatches of {t.minibatch_size} per step "
                                                       f"({per_step} samples) do not divide batch_size {b}; valid: "
                                                       f"a divisor of {b // t.minibatch_size}"))
-        if t.mixed_precision != "no" and self.deterministic:
-            problems.append((("train", "mixed_precision"), f"{t.mixed_precision!r} with deterministic: true; "
-                                                           "valid: 'no', or set deterministic: false"))
         if problems:
             _fail(problems)
         return self

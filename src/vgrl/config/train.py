@@ -123,7 +123,6 @@ class TrainConfig(BaseModel):
     reference: Literal["auto", "none"] = Field("auto", description="auto: a reference model when the "
                                                                     "algorithm needs one (LoRA: adapters off; "
                                                                     "full: a frozen copy)")
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     max_consecutive_skips: int = Field(3, ge=1, description="stop after this many non-finite steps in a row")
     checkpoint_every: int = Field(10, ge=1, description="iterations between checkpoints")
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept")
