@@ -1,0 +1,190 @@
+"""DiffusionNFT (Zheng et al., arXiv 2509.16117): forward-process RL with implicit positive and negative policies.
+
+No log-probabilities: NFT trains on the rollout's clean samples ``x0`` with a flow-matching style loss,
+so any sampler works, the deterministic ``ode`` kernel included, and training is CFG-free (every
+prediction is the conditional branch, ``guidance_scale=1``). For sample ``i`` of prompt group ``g``
+with reward ``r_i``::
+
+    A_i = (r_i - mean_g(r)) / (std + eps)       std: of the whole batch (global_std, the paper's code) or of g
+    p_i = 0.5 + 0.5 clip(A_i / adv_clip, -1, 1)          optimality probability in [0, 1]
+
+At each loss unit (``num_timesteps`` per sample) draw ``t, eps`` from the sample's seeded generator
+(:mod:`vgrl.algorithms._forward`), noise ``x_t`` and take ``pred = v_theta(x_t, t, c)`` (grad) and
+``old = v_old(x_t, t, c)`` (no grad), in the backbone's own parameterisation (velocity, epsilon or v)::
+
+    pos = (1 - beta) old + beta pred                  implicit positive policy v+
+    neg = (1 + beta) old - beta pred                  implicit negative policy v-
+    L+_i, L-_i = D(pos), D(neg)
+    L = (adv_clip / beta) mean_i [p_i L+_i + (1 - p_i) L-_i]  +  kl mean_i ||pred_i - ref_i||^2_mean
+
+with ``D`` (``weighting``) either the paper code's adaptive x0 regression
+``D(q) = mean_dims (x0_hat(q) - x0)^2 / sg(max(mean_dims |x0_hat(q) - x0|, 1e-5))`` (``x0_hat = a x_t + b q``,
+sg = stop-gradient) or the plain ``D(q) = mean_dims (q - target)^2``. The constant ``adv_clip / beta``
+is the paper code's scale: it makes the gradient independent of ``beta`` when ``old = pred``.
+Because ``pos``/``neg`` are affine combinations (weights summing to 1), they map to the same
+combinations of ``x0_hat``: the maths holds unchanged for epsilon and v prediction (sd backbone).
+
+The old policy (``old_policy``): ``rollout``, the weights that sampled this batch (the paper's
+``theta_old`` with soft-update rate 0 — vgrl collects with the current weights, so a lagging
+``theta_old`` would not be the data's policy), a snapshot taken at the first loss call after
+``prepare``; ``current``, ``sg(theta)`` (identical to ``rollout`` until the first optimiser step of an
+iteration, after which the proximal pull towards the rollout weights is lost); or ``reference``, the
+base weights (``ref``). With ``old = pred`` numerically the gradient is exactly
+``adv_clip * grad mean_i (2 p_i - 1) D_i(pred)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from vgrl.advantages import group_advantages
+from vgrl.algorithms._forward import Noised, NoisingOptions, noised
+from vgrl.algorithms.base import Algorithm, Needs
+from vgrl.types import Batch, RewardOutput, Trajectory
+
+MIN_WEIGHT = 1e-5  # floor of the adaptive weight, as the paper's code
+
+
+class NFTOptions(NoisingOptions):
+    beta: float = Field(1.0, gt=0, description="strength beta of the implicit policies (paper code: 1.0; "
+                                               "0.1 for OCR and multi-reward)")
+    adv_clip: float = Field(5.0, gt=0, description="max_adv: p = 0.5 + 0.5 clip(A / adv_clip, -1, 1)")
+    global_std: bool = Field(True, description="normalise by the batch std (the paper's code) instead of "
+                                               "each group's")
+    eps: float = Field(1e-4, gt=0, description="added to the std when normalising")
+    old_policy: Literal["rollout", "current", "reference"] = Field(
+        "rollout", description="v_old: the weights that sampled the batch, sg(current weights), or the "
+                               "base model (reference)")
+    weighting: Literal["adaptive", "none"] = Field(
+        "adaptive", description="adaptive x0 regression (paper code) or the plain squared prediction error")
+    kl: float = Field(0.0, ge=0, description="weight of ||v_theta - v_ref||^2 to the base model (paper code: 1e-4)")
+
+
+def optimality(adv: Tensor, adv_clip: float) -> Tensor:
+    """``(B,)`` optimality probabilities ``0.5 + 0.5 clip(adv / adv_clip, -1, 1)``."""
+    return 0.5 + 0.5 * (adv / adv_clip).clamp(-1.0, 1.0)
+
+
+def adaptive_error(x0_hat: Tensor, x0: Tensor) -> Tensor:
+    """``(B,)`` ``mean_dims (x0_hat - x0)^2 / sg(max(mean_dims |x0_hat - x0|, 1e-5))`` (weight in float64)."""
+    diff = x0_hat - x0
+    with torch.no_grad():
+        weight = diff.double().abs().flatten(1).mean(dim=1).clamp(min=MIN_WEIGHT).to(diff.dtype)
+    return (diff**2).flatten(1).mean(dim=1) / weight
+
+
+def nft_terms(pred: Tensor, old: Tensor, nz: Noised, x0: Tensor, p: Tensor, beta: float,
+              weighting: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-sample ``p L+ + (1 - p) L-``, ``L+`` and ``L-``, each ``(B,)`` (module docstring).
+
+    Args:
+        pred: ``(B, *S)`` current prediction (with grad); ``old``: the old policy's, no grad.
+        nz: the noised batch (``x_t``, ``target``, ``x0_hat`` coefficients); ``x0``: ``(B, *S)``.
+        p: ``(B,)`` optimality probabilities.
+        weighting: ``adaptive`` or ``none``.
+    """
+    pred, old = pred.to(torch.float32), old.to(torch.float32).detach()
+    pos = beta * pred + (1 - beta) * old
+    neg = (1 + beta) * old - beta * pred
+    if weighting == "adaptive":
+        x0 = x0.to(torch.float32)
+        l_pos, l_neg = adaptive_error(nz.x0_hat(pos), x0), adaptive_error(nz.x0_hat(neg), x0)
+    else:
+        l_pos = ((pos - nz.target) ** 2).flatten(1).mean(dim=1)
+        l_neg = ((neg - nz.target) ** 2).flatten(1).mean(dim=1)
+    return p * l_pos + (1 - p) * l_neg, l_pos, l_neg
+
+
+class NFT(Algorithm):
+    """DiffusionNFT (arXiv 2509.16117); the maths is in the module docstring."""
+
+    name = "nft"
+    Options = NFTOptions
+
+    def __init__(self, options: NFTOptions, reward=None) -> None:
+        super().__init__(options, reward)
+        self._snapshot: tuple[torch.nn.Module, list[Tensor]] | None = None
+        self._moved = False
+        self._stats: dict[str, float] = {}
+
+    @property
+    def needs(self) -> Needs:
+        o = self.options
+        return Needs(groups=True, reference=o.old_policy == "reference" or o.kl > 0)
+
+    def prepare(self, traj: Trajectory, reward: RewardOutput, group_ids: Tensor,
+                prompts: list[str] | None = None, metadata: list[Any] | None = None) -> Batch:
+        """Rewards -> advantages ``adv`` and optimality probabilities ``weights`` (both ``(B,)`` float32);
+        arms the snapshot of the rollout weights (``old_policy: rollout``)."""
+        o = self.options
+        adv = group_advantages(reward.scores, group_ids, global_std=o.global_std, eps=o.eps)
+        p = optimality(adv, o.adv_clip)
+        self._snapshot, self._moved = None, False
+        self._stats = {"p_signal": (2 * p - 1).abs().mean().item(),
+                       "p_saturated": ((p == 0) | (p == 1)).float().mean().item()}
+        return Batch(traj=traj, rewards=reward.scores, adv=adv, group_ids=group_ids, prompts=prompts,
+                     metadata=metadata, weights=p)
+
+    def units(self, batch: Batch) -> list[int]:
+        """``num_timesteps`` draws of ``(t, eps)`` per sample."""
+        return list(range(self.options.num_timesteps))
+
+    def loss(self, backbone, kernel, batch: Batch, step_idx: int, ref=None) -> tuple[Tensor, dict[str, float]]:
+        """The NFT loss of minibatch ``batch`` at draw ``step_idx``; ``kernel`` is unused (no log-probs)."""
+        o, traj = self.options, batch.traj
+        if batch.weights is None:
+            raise ValueError("nft needs the optimality probabilities in batch.weights: build the batch with "
+                             "prepare()")
+        if self.needs.reference and ref is None:
+            raise ValueError(f"nft with old_policy={o.old_policy!r} and kl={o.kl} needs a reference model (ref=)")
+        nz = noised(backbone, traj, step_idx, o)
+        old = self._rollout_prediction(backbone, nz, traj) if o.old_policy == "rollout" else None
+        ref_pred = ref.predict(nz.x_t, nz.t, traj.cond, 1.0) if self.needs.reference else None
+        pred = backbone.predict(nz.x_t, nz.t, traj.cond, 1.0)
+        if old is None:
+            old = ref_pred if o.old_policy == "reference" else pred.detach()
+        per, l_pos, l_neg = nft_terms(pred, old, nz, traj.x0, batch.weights, o.beta, o.weighting)
+        loss = (o.adv_clip / o.beta) * per.mean()
+        with torch.no_grad():
+            metrics = {"policy_loss": loss.item(), "positive_loss": l_pos.mean().item(),
+                       "negative_loss": l_neg.mean().item(),
+                       "old_deviation": ((pred.float() - old.float()) ** 2).mean().item(),
+                       "t_mean": nz.t.float().mean().item(), **self._stats}
+        if o.kl > 0:
+            kl = ((pred.to(torch.float32) - ref_pred.to(torch.float32)) ** 2).flatten(1).mean(dim=1).mean()
+            loss = loss + o.kl * kl
+            metrics["kl"] = kl.item()
+        return loss, metrics
+
+    def _rollout_prediction(self, backbone, nz: Noised, traj: Trajectory) -> Tensor | None:
+        """The rollout weights' prediction, or None while the weights have not moved since the rollout
+        (then it equals the current prediction exactly and costs no extra forward pass)."""
+        module = backbone.trainable()
+        params = [q for q in module.parameters() if q.requires_grad]
+        if self._snapshot is None:
+            self._snapshot = (module, [q.detach().clone() for q in params])
+            return None
+        owner, saved = self._snapshot
+        if owner is not module:
+            raise ValueError("nft: the trained module changed since the rollout snapshot; call prepare() "
+                             "on each new batch")
+        if not self._moved:
+            self._moved = not all(torch.equal(q, s) for q, s in zip(params, saved))
+            if not self._moved:
+                return None
+        current = [q.data for q in params]
+        try:
+            for q, s in zip(params, saved):
+                q.data = s
+            with torch.no_grad():
+                return backbone.predict(nz.x_t, nz.t, traj.cond, 1.0)
+        finally:
+            for q, c in zip(params, current):
+                q.data = c
+
+
+COMPONENT = NFT

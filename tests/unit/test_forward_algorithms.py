@@ -1,0 +1,306 @@
+"""Forward-process algorithms (NFT, RWR, RAFT): hand-computed losses, exact zero gradients, seeded noise
+that survives resume and minibatch splits, and two training iterations of each through ``train``."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+
+from vgrl import algorithms
+from vgrl.algorithms._forward import draw, noise, noised, unit_seed, weighted_denoising_loss
+from vgrl.algorithms.nft import adaptive_error, nft_terms, optimality
+from vgrl.algorithms.raft import keep_mask
+from vgrl.algorithms.rwr import exp_weights
+from vgrl.policy import Reference
+from vgrl.rollout import StepPlan, kernel_for, rollout
+from vgrl.types import Batch, RewardOutput
+
+PROMPTS = ["a red circle", "two blue squares"]
+G, STEPS = 2, 2
+
+
+@pytest.fixture(scope="module")
+def trajs(tiny_backbones):
+    """Deterministic (ode) rollouts of 4 samples (2 prompts x 2) on the tiny flow and sd-v backbones."""
+    out = {}
+    for name in ("flow", "sd-v"):
+        bb = tiny_backbones[name]
+        cond = bb.encode(PROMPTS, guidance=False).repeat_interleave(G)
+        out[name] = rollout(bb, kernel_for(bb, "ode"), cond, STEPS, StepPlan.ode(STEPS),
+                            seeds=torch.tensor([11, 12, 13, 14]))
+    return out
+
+
+GROUPS = torch.tensor([0, 0, 1, 1])
+
+
+def grads(module):
+    out = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in module.parameters()]
+    module.zero_grad(set_to_none=True)
+    return out
+
+
+def backward(loss, module):
+    module.zero_grad(set_to_none=True)
+    loss.backward()
+    return grads(module)
+
+
+# ------------------------------------------------------------------------------------------- noising
+
+
+def test_noising_conventions_and_x0_identity(tiny_backbones):
+    x0, eps = torch.randn(3, 4, 16, 16), torch.randn(3, 4, 16, 16)
+    flow = noise(SimpleNamespace(prediction="flow"), x0, torch.tensor([0.0, 0.3, 1.0]), eps)
+    assert torch.equal(flow.x_t[1], 0.7 * x0[1] + 0.3 * eps[1]) and torch.equal(flow.target, eps - x0)
+    assert torch.equal(flow.x_t[0], x0[0]) and torch.allclose(flow.x0_hat(flow.target), x0, atol=1e-5)
+    for name in ("sd-eps", "sd-v"):
+        bb = tiny_backbones[name]
+        t = torch.tensor([0, 500, 999])
+        nz = noise(bb, x0, t, eps)
+        a = bb.scheduler.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+        assert torch.allclose(nz.x_t, a.sqrt() * x0 + (1 - a).sqrt() * eps, atol=1e-6)
+        expected = eps if name == "sd-eps" else a.sqrt() * eps - (1 - a).sqrt() * x0
+        assert torch.allclose(nz.target, expected, atol=1e-6)
+        assert torch.allclose(nz.x0_hat(nz.target), x0, atol=2e-4)  # the exact target recovers x0
+
+
+def test_seeded_draws_repeat_split_and_differ_from_the_rollout_stream(tiny_backbones):
+    opts = algorithms.get("rwr").options
+    seeds = torch.tensor([11, 12, 13, 14])
+    for name in ("flow", "sd-eps"):
+        bb = tiny_backbones[name]
+        t, eps = draw(bb, seeds, 3, opts, STEPS)
+        t2, eps2 = draw(bb, seeds, 3, opts, STEPS)
+        assert torch.equal(t, t2) and torch.equal(eps, eps2)  # resume redraws the same
+        ts, epss = draw(bb, seeds[[2, 0]], 3, opts, STEPS)
+        assert torch.equal(ts, t[[2, 0]]) and torch.equal(epss, eps[[2, 0]])  # minibatch-split invariant
+        assert not torch.equal(draw(bb, seeds, 4, opts, STEPS)[1], eps)  # another unit, other draws
+        assert not torch.allclose(eps, bb.init_noise(seeds))  # not the rollout's initial noise
+    assert draw(tiny_backbones["sd-eps"], seeds, 0, opts, STEPS)[0].dtype == torch.long
+    assert unit_seed(11, 0) != unit_seed(11, 1) != unit_seed(12, 0)
+    grid = tiny_backbones["flow"].timesteps(STEPS)[:STEPS]
+    sched = algorithms.get("rwr", time_sampling="schedule").options
+    t, _ = draw(tiny_backbones["flow"], torch.arange(20), 0, sched, STEPS)
+    assert all(bool((grid == v).any()) for v in t)
+    lognorm = algorithms.get("rwr", time_sampling="logit_normal").options
+    t, _ = draw(tiny_backbones["flow"], torch.arange(20), 0, lognorm, STEPS)
+    assert bool(((t > 0) & (t < 1)).all())
+
+
+# ---------------------------------------------------------------------------------------------- NFT
+
+
+def test_nft_terms_by_hand():
+    # flow, 2 samples of 2 values: x0, eps, t -> x_t and v = eps - x0
+    x0 = torch.tensor([[1.0, 0.0], [0.0, 2.0]]).reshape(2, 1, 1, 2)
+    eps = torch.tensor([[0.0, 1.0], [2.0, 0.0]]).reshape(2, 1, 1, 2)
+    nz = noise(SimpleNamespace(prediction="flow"), x0, torch.tensor([0.5, 0.25]), eps)
+    pred = torch.tensor([[0.0, 1.0], [1.0, -1.0]]).reshape(2, 1, 1, 2)
+    old = torch.tensor([[-1.0, 0.0], [2.0, -2.0]]).reshape(2, 1, 1, 2)
+    p = torch.tensor([0.8, 0.3])
+    # beta 0.5: pos = 0.5 pred + 0.5 old, neg = 1.5 old - 0.5 pred
+    # sample 0: pos - v = (0.5, -0.5) -> 0.25; neg - v = (-0.5, -1.5) -> 1.25; 0.8 * 0.25 + 0.2 * 1.25 = 0.45
+    # sample 1: pos - v = (-0.5, 0.5) -> 0.25; neg - v = (0.5, -0.5) -> 0.25
+    per, l_pos, l_neg = nft_terms(pred, old, nz, x0, p, 0.5, "none")
+    assert per.tolist() == pytest.approx([0.45, 0.25]) and l_neg.tolist() == pytest.approx([1.25, 0.25])
+    # adaptive: x0_hat - x0 = -t (q - v); D = mean sq / mean abs
+    # sample 0 (t = 0.5): pos diff (-.25, .25) -> .0625 / .25 = .25; neg diff (.25, .75) -> .3125 / .5 = .625
+    # sample 1 (t = 0.25): both diffs +-(.125, -.125) -> .015625 / .125 = .125
+    per, l_pos, l_neg = nft_terms(pred, old, nz, x0, p, 0.5, "adaptive")
+    assert l_pos.tolist() == pytest.approx([0.25, 0.125]) and l_neg.tolist() == pytest.approx([0.625, 0.125])
+    assert per.tolist() == pytest.approx([0.8 * 0.25 + 0.2 * 0.625, 0.125])
+    assert optimality(torch.tensor([2.5, -1.0, 10.0, -10.0]), 5.0).tolist() == pytest.approx([0.75, 0.4, 1.0, 0.0])
+
+
+def test_nft_prepare_group_advantages(trajs):
+    algo = algorithms.get("nft", global_std=False)
+    batch = algo.prepare(trajs["flow"], RewardOutput(scores=torch.tensor([1.0, 0.0, 3.0, 3.0])), GROUPS)
+    assert batch.adv.tolist() == pytest.approx([1.0, -1.0, 0.0, 0.0], abs=1e-3)
+    assert batch.weights.tolist() == pytest.approx([0.6, 0.4, 0.5, 0.5], abs=1e-3)
+
+
+def _nft_batch(traj, p):
+    return Batch(traj=traj, rewards=torch.zeros(4), adv=torch.zeros(4), group_ids=GROUPS, weights=p)
+
+
+@pytest.mark.parametrize("name", ["flow", "sd-v"])
+def test_nft_gradient_is_the_signed_flow_matching_gradient(tiny_backbones, trajs, name):
+    """old = sg(current): grad L = adv_clip grad mean_i (2 p_i - 1) D_i(pred), for any beta; p = 1/2 -> 0."""
+    bb, traj = tiny_backbones[name], trajs[name]
+    module = bb.trainable()
+    p = torch.tensor([0.9, 0.2, 0.5, 0.7])
+    algo = algorithms.get("nft", old_policy="current", beta=0.3, adv_clip=2.0)
+    got = backward(algo.loss(bb, None, _nft_batch(traj, p), 1)[0], module)
+    nz = noised(bb, traj, 1, algo.options)
+    pred = bb.predict(nz.x_t, nz.t, traj.cond, 1.0)
+    want = backward(2.0 * ((2 * p - 1) * adaptive_error(nz.x0_hat(pred), traj.x0)).mean(), module)
+    scale = max(w.abs().max().item() for w in want)
+    assert max((g - w).abs().max().item() for g, w in zip(got, want)) <= 1e-5 * scale
+    assert any(g.abs().max() > 0 for g in got)
+    algo = algorithms.get("nft", old_policy="current", beta=1.0)  # pos = neg = pred exactly
+    flat = backward(algo.loss(bb, None, _nft_batch(traj, torch.full((4,), 0.5)), 1)[0], module)
+    assert all(g.abs().max() == 0 for g in flat)
+
+
+def test_nft_rollout_policy_is_the_snapshot_and_reference_is_the_base(tiny_backbones, trajs):
+    bb, traj = tiny_backbones["flow"], trajs["flow"]
+    module = bb.trainable()
+    rewards = RewardOutput(scores=torch.tensor([1.0, 0.0, 2.0, 3.0]))
+    current, rolled = algorithms.get("nft", old_policy="current"), algorithms.get("nft")
+    b_cur, b_roll = current.prepare(traj, rewards, GROUPS), rolled.prepare(traj, rewards, GROUPS)
+    loss_c, loss_r = current.loss(bb, None, b_cur, 0)[0], rolled.loss(bb, None, b_roll, 0)[0]
+    assert torch.equal(loss_c, loss_r)  # before any optimiser step the rollout weights are the current ones
+    assert all(torch.equal(g, h) for g, h in zip(backward(loss_c, module), backward(loss_r, module)))
+    nz = noised(bb, traj, 0, rolled.options)
+    with torch.no_grad():
+        before = bb.predict(nz.x_t, nz.t, traj.cond, 1.0)
+    saved = copy.deepcopy(module.state_dict())
+    try:
+        with torch.no_grad():
+            for q in module.parameters():
+                q.add_(1e-3 * torch.sign(q))  # an "optimiser step"
+        moved = [q.detach().clone() for q in module.parameters()]
+        with torch.no_grad():
+            after = bb.predict(nz.x_t, nz.t, traj.cond, 1.0)
+        _, m = rolled.loss(bb, None, b_roll, 0)
+        assert m["old_deviation"] == pytest.approx(((after - before) ** 2).mean().item(), rel=1e-5)
+        assert m["old_deviation"] > 0
+        assert all(torch.equal(q, v) for q, v in zip(module.parameters(), moved))  # the swap is undone
+        # reference = a frozen copy of the base weights: same weights -> beta 1, p 1/2 gives zero gradient
+        ref = Reference(bb, lora=False)
+        algo = algorithms.get("nft", old_policy="reference")
+        flat = backward(algo.loss(bb, None, _nft_batch(traj, torch.full((4,), 0.5)), 0, ref)[0], module)
+        assert all(g.abs().max() == 0 for g in flat)
+        assert all(q.grad is None for q in ref.backbone.trainable().parameters())
+        with pytest.raises(ValueError, match="needs a reference model"):
+            algo.loss(bb, None, _nft_batch(traj, torch.full((4,), 0.5)), 0)
+    finally:
+        module.load_state_dict(saved)
+        module.zero_grad(set_to_none=True)
+
+
+def test_nft_loss_is_minibatch_split_invariant(tiny_backbones, trajs):
+    bb, traj = tiny_backbones["flow"], trajs["flow"]
+    algo = algorithms.get("nft", old_policy="current", num_timesteps=2)
+    batch = algo.prepare(traj, RewardOutput(scores=torch.tensor([1.0, 0.0, 2.0, 3.0])), GROUPS)
+    assert algo.units(batch) == [0, 1]
+    with torch.no_grad():
+        full = algo.loss(bb, None, batch, 1)[0]
+        halves = [algo.loss(bb, None, batch.index(rows), 1)[0] for rows in ([3, 0], [1, 2])]
+    assert full.item() == pytest.approx(sum(h.item() for h in halves) / 2, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------- RWR / RAFT
+
+
+def test_rwr_weights_by_hand():
+    w = exp_weights(torch.tensor([0.0, math.log(2.0)]), torch.zeros(2, dtype=torch.long), 1.0)
+    assert w.tolist() == pytest.approx([2 / 3, 4 / 3])  # exp: (1/2, 1) / mean 3/4
+    w = exp_weights(torch.tensor([0.0, 2.0, 5.0, 5.0]), GROUPS, 2.0)
+    assert w.tolist() == pytest.approx([2 / (1 + math.e), 2 * math.e / (1 + math.e), 1.0, 1.0])
+    assert exp_weights(torch.full((3,), 7.0), torch.zeros(3, dtype=torch.long), 0.1).tolist() == [1.0, 1.0, 1.0]
+    algo = algorithms.get("rwr", normalize="none", temperature=0.1, max_weight=1.5)
+    batch = algo.prepare(None, RewardOutput(scores=torch.tensor([0.0, 1.0, 0.0, 0.0])), GROUPS)
+    assert batch.weights.max().item() == 1.5 and batch.weights[0] < 1e-3
+
+
+def test_rwr_equal_rewards_is_the_plain_denoising_loss(tiny_backbones, trajs):
+    for name in ("flow", "sd-v"):
+        bb, traj = tiny_backbones[name], trajs[name]
+        algo = algorithms.get("rwr", weights="group")
+        batch = algo.prepare(traj, RewardOutput(scores=torch.full((4,), 0.3)), GROUPS)
+        assert torch.equal(batch.weights, torch.ones(4))
+        with torch.no_grad():
+            loss, m = algo.loss(bb, None, batch, 2)
+            nz = noised(bb, traj, 2, algo.options)
+            plain = ((bb.predict(nz.x_t, nz.t, traj.cond, 1.0) - nz.target) ** 2).mean()
+        assert loss.item() == pytest.approx(plain.item(), rel=1e-6) and m["ess"] == 1.0
+
+
+def test_rwr_loss_is_minibatch_split_invariant(tiny_backbones, trajs):
+    bb, traj = tiny_backbones["flow"], trajs["flow"]
+    algo = algorithms.get("rwr")
+    batch = algo.prepare(traj, RewardOutput(scores=torch.tensor([1.0, 0.0, 2.0, 3.0])), GROUPS)
+    with torch.no_grad():
+        full = algo.loss(bb, None, batch, 0)[0].item()
+        rows = [algo.loss(bb, None, batch.index([i]), 0)[0].item() for i in range(4)]
+    assert full == pytest.approx(sum(rows) / 4, rel=1e-5)
+
+
+def test_raft_keep_mask_by_hand():
+    r = torch.tensor([0.1, 0.9, 0.5, 0.5, 0.3, 0.7])
+    groups = torch.tensor([0, 0, 0, 1, 1, 1])
+    assert keep_mask(r, groups, 1, None).tolist() == [False, True, False, False, False, True]
+    # ceil(0.5 * 3) = 2 per group; ties keep the earlier sample
+    assert keep_mask(r, groups, None, 0.5).tolist() == [False, True, True, True, False, True]
+    assert keep_mask(r, groups, None, 0.5, min_reward=0.6).tolist() == [False, True, False, False, False, True]
+    assert keep_mask(r, torch.zeros(6), 2, None).tolist() == [False, True, False, False, False, True]
+    assert keep_mask(torch.ones(3), torch.zeros(3), None, 0.5).tolist() == [True, True, False]
+    assert keep_mask(r, groups, 5, None).all()
+    with pytest.raises(ValueError, match="not both"):
+        algorithms.get("raft", top_k=1, top_fraction=0.5)
+
+
+def test_raft_dropped_rows_have_exactly_zero_gradient(tiny_backbones, trajs):
+    for name in ("flow", "sd-v"):
+        bb, traj = tiny_backbones[name], trajs[name]
+        module = bb.trainable()
+        algo = algorithms.get("raft", top_k=1)
+        batch = algo.prepare(traj, RewardOutput(scores=torch.tensor([0.2, 0.8, 0.9, 0.1])), GROUPS)
+        assert batch.weights.tolist() == [0.0, 1.0, 1.0, 0.0]
+        full = backward(algo.loss(bb, None, batch, 0)[0], module)
+        kept = backward(algo.loss(bb, None, batch.index([1, 2]), 0)[0], module)
+        # (1/4) sum_kept L == (2/4) * mean over a minibatch of only the kept rows
+        assert all(torch.allclose(f, 0.5 * k, atol=1e-7, rtol=1e-5) for f, k in zip(full, kept))
+        dropped = backward(algo.loss(bb, None, batch.index([0, 3]), 0)[0], module)
+        assert all(g.abs().max() == 0 for g in dropped)
+        module.zero_grad(set_to_none=True)
+
+
+def test_weighted_loss_rejects_bad_weights(tiny_backbones, trajs):
+    batch = Batch(traj=trajs["flow"], rewards=torch.zeros(4), adv=torch.zeros(4), group_ids=GROUPS)
+    with pytest.raises(ValueError, match="non-negative"):
+        weighted_denoising_loss(tiny_backbones["flow"], batch, 0, algorithms.get("rwr").options,
+                                torch.tensor([1.0, -1.0, 0.0, 0.0]))
+
+
+# --------------------------------------------------------------------------------------------- train
+
+
+def _config(tmp_path, backbone, algorithm):
+    from vgrl.config import load_config
+
+    data = {
+        "seed": 0, "backbone": {"name": backbone, "tiny": True, "resolution": 32},
+        "kernel": {"name": "ode"}, "sampling": {"num_steps": 2, "plan": {"kind": "ode"}},
+        "data": {"world": "shapes", "split": "train"}, "batch_size": 4, "group_size": 2,
+        "reward": {"name": "jpeg"}, "algorithm": algorithm,
+        "train": {"iterations": 2, "lr": 1e-3, "minibatch_size": 2, "grad_accum": 1, "checkpoint_every": 2},
+        "eval": {"before": False, "every": None, "per_category": 1, "batch_size": 8},
+        "log": {"grid_every": None, "progress": False, "tensorboard": False},
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_config(path, [])
+
+
+@pytest.mark.parametrize("backbone", ["flow", "sd"])
+@pytest.mark.parametrize("algorithm", [{"name": "nft", "num_timesteps": 2}, {"name": "rwr"},
+                                       {"name": "raft", "top_k": 1}])
+def test_train_two_iterations_with_the_ode_kernel(tmp_path, backbone, algorithm):
+    from vgrl.trainer import train
+
+    summary = train(_config(tmp_path, backbone, algorithm), tmp_path / "run")
+    assert summary["optimizer_steps"] == 4 and summary["skipped_steps"] == 0 and summary["kernel"] == "ode"
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert len(train_rows) == 2 and all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in train_rows)
+    key = {"nft": "policy_loss", "rwr": "ess", "raft": "kept_fraction"}[algorithm["name"]]
+    assert all(key in r for r in train_rows)
