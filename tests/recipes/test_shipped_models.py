@@ -16,7 +16,7 @@ SD, FLOW = ROOT / "models/shapes-sd/pipeline", ROOT / "models/shapes-flow/pipeli
 # vgrl eval --split train --samples-per-category 4 (24 samples), the models' default settings:
 # number of passing samples and the mean partial-credit score, measured on the dev machine (CI is the
 # same kind of machine; the tolerance allows one borderline sample to flip).
-PINNED = {"sd": (8, 0.5556), "flow": (0, 0.1146)}
+PINNED = {"sd": (8, 0.5556), "flow": (2, 0.3438)}
 
 
 def test_sd_model_loads_and_generates_with_plain_diffusers():
@@ -28,7 +28,7 @@ def test_sd_model_loads_and_generates_with_plain_diffusers():
 
 def test_flow_model_loads_and_generates_with_plain_diffusers():
     pipe = StableDiffusion3Pipeline.from_pretrained(FLOW, local_files_only=True, text_encoder_3=None, tokenizer_3=None)
-    out = pipe("a photo of a red circle", num_inference_steps=4, guidance_scale=5.0, height=32, width=32,
+    out = pipe("a photo of a red circle", num_inference_steps=4, guidance_scale=3.0, height=32, width=32,
                max_sequence_length=1, output_type="pt", generator=torch.Generator().manual_seed(0)).images
     assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all() and out.std() > 0.05
 
