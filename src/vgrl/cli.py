@@ -1,4 +1,4 @@
-"""The ``vgrl`` command line: ``validate``, ``sample``, ``pretrain``, ``eval`` and ``report``.
+"""The ``vgrl`` command line: ``validate``, ``sample``, ``pretrain``, ``eval``, ``report`` and ``train-critic``.
 
 ``validate`` imports only :mod:`vgrl.config` (no torch), so it answers in a fraction of a second;
 commands that run models import them lazily.
@@ -144,6 +144,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_train_critic(args: argparse.Namespace) -> int:
+    """Train the shapes-world critic (a differentiable proxy of the checker) and measure it on held-out prompts."""
+    from vgrl.rewards.shapes_critic import train_critic
+
+    train_critic(args.out, steps=args.steps, seed=args.seed, threads=args.threads)
+    print(f"saved {args.out}")
+    return EXIT_OK
+
+
 def _add_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="train a small base generator on a built-in world",
                        description="Train an autoencoder, a text encoder and a denoiser (sd: UNet, v-prediction; "
@@ -190,6 +199,20 @@ def _add_report(sub) -> None:
     p.set_defaults(func=cmd_report)
 
 
+def _add_train_critic(sub) -> None:
+    p = sub.add_parser("train-critic", help="train the shapes-world critic reward (shapes_critic)",
+                       description="Train a small CNN to predict the shapes checker's partial score from an image and "
+                                   "its prompt metadata (training prompts only: renders, degraded renders and samples "
+                                   "of the shipped models/shapes-sd and models/shapes-flow pipelines); save "
+                                   "OUT/model.safetensors and OUT/config.json and write its held-out agreement with "
+                                   "the checker to OUT/eval.json.")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (the shipped critic: models/shapes-critic)")
+    p.add_argument("--steps", type=int, default=1500, help="optimiser steps (default: 1500)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data, base samples and init (default: 0)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    p.set_defaults(func=cmd_train_critic)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``vgrl`` argument parser with its subcommands."""
     parser = argparse.ArgumentParser(
@@ -231,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain(sub)
     _add_eval(sub)
     _add_report(sub)
+    _add_train_critic(sub)
     return parser
 
 

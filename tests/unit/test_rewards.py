@@ -53,7 +53,7 @@ def world() -> ShapesWorld:
 
 # ---------------------------------------------------------------------- registry
 def test_registry_lists_exactly_the_builtin_rewards():
-    assert rewards.available() == registry.available("rewards") == ["compose", "jpeg", "shapes_checker"]
+    assert rewards.available() == registry.available("rewards") == ["compose", "jpeg", "shapes_checker", "shapes_critic"]
     for name in rewards.available():
         cls = registry.resolve("rewards", name)
         assert cls.name == name and isinstance(cls.differentiable, bool)
