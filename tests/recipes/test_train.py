@@ -160,3 +160,17 @@ def test_checkpoint_refuses_non_finite_tensors(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="optimiser or RNG state: opt/m"):
         checkpoint.save(tmp_path, 1, {"w": torch.ones(2)}, {"opt": {"m": torch.tensor([float("nan")])}}, {})
     assert checkpoint.latest(tmp_path) is None and not any(tmp_path.iterdir())
+
+
+def test_quickstart_config_runs_on_the_shipped_model(tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "configs/quickstart.yaml", [
+        f"backbone.path={root / 'models/shapes-flow/pipeline'}", "train.iterations=1", "train.max_minutes=null",
+        "batch_size=4", "group_size=2", "train.minibatch_size=4", "sampling.num_steps=3", "eval.per_category=1",
+        "log.progress=false", "log.tensorboard=false"])
+    summary = train(cfg, tmp_path / "run")
+    assert summary["images_generated"] == 4 and summary["optimizer_steps"] == 1
+    assert summary["after"]["samples"] == 5  # one per held-out category
+    assert (tmp_path / "run" / "report.html").is_file()

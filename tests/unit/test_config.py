@@ -305,7 +305,7 @@ def test_training_sections_errors(tmp_path, text, message):
     assert any(m.startswith(message) for m in info.value.messages), info.value.messages
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_validate(path):
     cfg = load_config(path)
     assert validate_config(yaml.safe_load(dump_config(cfg))) == cfg
