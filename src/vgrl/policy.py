@@ -5,12 +5,14 @@ terms, and the prompt sampler. Small pieces the trainer composes; no loops here.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from vgrl.backbones.base import Backbone
+from vgrl.backbones.base import META_FILE, Backbone
 from vgrl.types import Cond
 
 
@@ -49,6 +51,32 @@ def load_trainable_state(module: nn.Module, state: dict[str, Tensor]) -> None:
     with torch.no_grad():
         for n, t in state.items():
             params[n].copy_(t)
+
+
+def merged_state(module: nn.Module) -> dict[str, Tensor]:
+    """The module's weights with LoRA merged in (``W + (alpha / r) B A``), under the base model's names."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    work = copy.deepcopy(module)
+    for layer in work.modules():
+        if isinstance(layer, BaseTunerLayer):
+            layer.merge()
+    return {k.replace(".base_layer.", "."): v for k, v in work.state_dict().items() if ".lora_" not in k}
+
+
+def export_pipeline(backbone: Backbone, out: str | Path, meta: dict | None = None) -> Path:
+    """Save the trained model as a plain diffusers pipeline directory (LoRA merged, float32 weights), so
+    ``vgrl eval``, ``vgrl train`` and ``diffusers.*Pipeline.from_pretrained`` load it like the base model."""
+    module = backbone.trainable()
+    pipe = backbone.pipe
+    name = next(k for k, v in pipe.components.items() if v is module)
+    fresh = type(module).from_config(module.config)
+    fresh.load_state_dict(merged_state(module))
+    out = Path(out)
+    type(pipe)(**{**pipe.components, name: fresh}).save_pretrained(out, safe_serialization=True)
+    if meta is not None:
+        (out / META_FILE).write_text(json.dumps(meta, indent=2))
+    return out
 
 
 class Reference:

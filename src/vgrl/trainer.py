@@ -32,7 +32,7 @@ from torch import Tensor
 from vgrl import backbones, checkpoint, distributed, registry
 from vgrl.algorithms.base import check_compatible
 from vgrl.config import RunConfig, save_config
-from vgrl.policy import PromptSampler, Reference, add_lora, load_trainable_state, trainable_state
+from vgrl.policy import PromptSampler, Reference, add_lora, export_pipeline, load_trainable_state, trainable_state
 from vgrl.rewards.base import NonFiniteRewardError
 from vgrl.rollout import kernel_for, make_seeds, plan_from_config, rollout
 from vgrl.types import Batch, RewardOutput
@@ -133,6 +133,8 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: str | None 
 
     after = last_eval if last_eval is not None else evaluate(run, counters, tracker, "eval_after")
     save(run, counters, before, run_dir)
+    if run.dist.main:
+        export(run, run_dir / "final" / "pipeline", counters)
     summary = _summary(cfg, counters, before, after)
     if run.dist.main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -412,6 +414,24 @@ def restore(run: Run, path: Path) -> tuple[Counters, dict | None]:
     if run.ema is not None:
         run.ema.load_state_dict(s["ema"])
     return Counters(**s["counters"]), s["before"]
+
+
+def export(run: Run, out: Path, counters: Counters) -> Path:
+    """The trained model as a diffusers pipeline directory (EMA weights when enabled, LoRA merged)."""
+    from vgrl.backbones.base import read_meta
+
+    meta = read_meta(run.cfg.backbone.path) if run.cfg.backbone.path else {}
+    meta.update(run.backbone.meta())
+    meta.update(trained_by="vgrl train", algorithm=run.cfg.algorithm.name, iterations=counters.iteration,
+                images=counters.images)
+    if run.ema is not None:
+        run.ema.store(run.params)
+        run.ema.copy_to(run.params)
+    try:
+        return export_pipeline(run.backbone, out, meta)
+    finally:
+        if run.ema is not None:
+            run.ema.restore(run.params)
 
 
 def _resume_point(run_dir: Path, resume: str | None) -> Path | None:

@@ -174,3 +174,25 @@ def test_quickstart_config_runs_on_the_shipped_model(tmp_path):
     assert summary["images_generated"] == 4 and summary["optimizer_steps"] == 1
     assert summary["after"]["samples"] == 5  # one per held-out category
     assert (tmp_path / "run" / "report.html").is_file()
+
+
+def test_exported_pipeline_predicts_like_the_trained_model(tmp_path):
+    from vgrl import backbones, trainer
+    from vgrl.rollout import StepPlan, kernel_for, rollout
+
+    cfg = config(tmp_path, train={"iterations": 2}, eval={"before": False, "every": None})
+    run = trainer.build(cfg)
+    counters = trainer.Counters()
+    for _ in range(2):
+        trainer.iterate(run, counters)
+    out = trainer.export(run, tmp_path / "final", counters)
+    loaded = backbones.load(str(out))
+    cond = run.backbone.encode(["a photo of a red circle"] * 2, guidance=False)
+    seeds = torch.tensor([1, 2])
+    ode = kernel_for(run.backbone, "ode")
+    trained = rollout(run.backbone, ode, cond, 4, StepPlan.ode(4), seeds=seeds).x0
+    exported = rollout(loaded, kernel_for(loaded, "ode"), loaded.encode(["a photo of a red circle"] * 2,
+                                                                        guidance=False), 4, StepPlan.ode(4), seeds=seeds).x0
+    base = rollout(backbones.build(cfg.backbone), ode, cond, 4, StepPlan.ode(4), seeds=seeds).x0
+    assert (trained - base).abs().max() > 1e-4            # training changed the samples
+    assert (trained - exported).abs().max() <= 1e-5      # the export is that trained model

@@ -75,6 +75,10 @@ class Backbone(ABC):
     def from_pretrained(cls, path: str, **kwargs) -> Backbone:
         """Load from a local diffusers pipeline directory."""
 
+    def meta(self) -> dict:
+        """Settings a saved copy of this model needs to sample the same way (written to ``vgrl.json``)."""
+        return {}
+
     def init_noise(self, seeds: Tensor) -> Tensor:
         """``(B, *S)`` float32 standard normal noise, row ``i`` drawn from its own generator seeded ``seeds[i]``."""
         return torch.stack([torch.randn(self.sample_shape, generator=seeded(int(s)), dtype=torch.float32)

@@ -85,6 +85,9 @@ class FlowBackbone(Backbone):
     def trainable(self) -> nn.Module:
         return self.transformer
 
+    def meta(self) -> dict:
+        return {"max_sequence_length": self.max_sequence_length}
+
     @classmethod
     def tiny(cls, *, prediction: str = "flow", resolution: int = 32, vae: bool = True, seed: int = 0,
              shift: float = 3.0, dtype: str = "float32") -> FlowBackbone:
