@@ -49,6 +49,17 @@ def group_advantages(rewards: Tensor, group_ids: Tensor, *, global_std: bool = F
     return adv if clip is None else adv.clamp(-clip, clip)
 
 
+def normalized_rewards(rewards: Tensor, group_ids: Tensor, mode: str, eps: float = 1e-4) -> Tensor:
+    """``(B,)`` float32 rewards centred and scaled per prompt group (``"group"``), over the whole batch
+    (``"batch"``), or left as they are (``"none"``, still checked finite)."""
+    if mode == "none":
+        _check(rewards, group_ids)
+        return rewards.to(torch.float32)
+    if mode not in ("group", "batch"):
+        raise ValueError(f"normalisation mode must be 'group', 'batch' or 'none', got {mode!r}")
+    return group_advantages(rewards, group_ids if mode == "group" else torch.zeros_like(group_ids), eps=eps)
+
+
 class PerPromptStatTracker:
     """DDPO's per-prompt reward normaliser: advantages from each prompt's recent rewards.
 

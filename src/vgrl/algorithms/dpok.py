@@ -24,11 +24,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import torch
 from pydantic import Field
 from torch import Tensor
 
-from vgrl.advantages import group_advantages
+from vgrl.advantages import normalized_rewards
 from vgrl.algorithms._policy import clipped_policy_loss, recorded_column, reference_kl
 from vgrl.algorithms.base import Algorithm, AlgorithmOptions, Needs
 from vgrl.rollout import recompute_log_prob
@@ -69,14 +68,7 @@ class DPOK(Algorithm):
         """
         o = self.options
         scores = reward.scores
-        if o.normalize == "none":
-            bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
-            if bad:
-                raise ValueError(f"non-finite rewards at samples {bad}")
-            adv = scores.to(torch.float32)
-        else:
-            ids = group_ids if o.normalize == "group" else torch.zeros_like(group_ids)
-            adv = group_advantages(scores, ids, eps=o.eps)
+        adv = normalized_rewards(scores, group_ids, o.normalize, o.eps)
         return Batch(traj=traj, rewards=scores, adv=adv, group_ids=group_ids, prompts=prompts, metadata=metadata)
 
     def loss(self, backbone, kernel, batch: Batch, step_idx: int, ref=None) -> tuple[Tensor, dict[str, float]]:

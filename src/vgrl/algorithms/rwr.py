@@ -29,7 +29,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from vgrl.advantages import group_advantages
+from vgrl.advantages import normalized_rewards
 from vgrl.algorithms._forward import NoisingOptions, weighted_denoising_loss
 from vgrl.algorithms.base import Algorithm, Needs
 from vgrl.types import Batch, RewardOutput, Trajectory
@@ -80,14 +80,7 @@ class RWR(Algorithm):
                 prompts: list[str] | None = None, metadata: list[Any] | None = None) -> Batch:
         """Rewards -> advantages ``adv`` and clipped weights ``weights``, both ``(B,)`` float32."""
         o, scores = self.options, reward.scores
-        if o.normalize == "none":
-            bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
-            if bad:
-                raise ValueError(f"non-finite rewards at samples {bad}")
-            adv = scores.to(torch.float32)
-        else:
-            adv = group_advantages(scores, group_ids if o.normalize == "group" else torch.zeros_like(group_ids),
-                                   eps=o.eps)
+        adv = normalized_rewards(scores, group_ids, o.normalize, o.eps)
         w = exp_weights(adv, group_ids if o.weights == "group" else torch.zeros_like(group_ids), o.temperature)
         if o.max_weight is not None:
             w = w.clamp(max=o.max_weight)

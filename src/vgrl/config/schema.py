@@ -18,14 +18,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 from pydantic_core import PydanticCustomError
 
 from vgrl import registry
 from vgrl.kernels.options import BUILTIN as KERNEL_OPTIONS
 from vgrl.kernels.options import KernelOptions
-from vgrl.config.train import AlgorithmConfig, DataConfig, EvalConfig, LogConfig, RewardConfig, TrainConfig
+from vgrl.config.train import AlgorithmConfig, DataConfig, EvalConfig, LogConfig, RewardConfig, TrainConfig, _Named
 
 # Torch-free capability tables, so that validation can pair kernels with backbones without importing
 # a model. A conformance test keeps them in sync with ``Backbone.predictions`` / ``Kernel.predictions``.
@@ -156,7 +156,7 @@ class BackboneConfig(BaseModel):
         return SD_PREDICTION_TYPES.get(kind)
 
 
-class KernelConfig(BaseModel):
+class KernelConfig(_Named):
     """The transition kernel: ``name`` plus that kernel's options, flat in YAML.
 
     ``kernel: {name: flow_sde, noise_level: 0.5}``. A built-in kernel's options are validated (and
@@ -164,20 +164,7 @@ class KernelConfig(BaseModel):
     ``"package.module:Class"`` kernel's options pass through unchecked.
     """
 
-    model_config = _MODEL
-
     name: str = Field("flow_sde", description="ddim | flow_sde | dance_sde | cps | ode | package.module:Class")
-    opts: dict[str, Any] = Field(default_factory=dict, repr=False, description="internal: the options")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _gather_options(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        out: dict[str, Any] = {"opts": {k: v for k, v in data.items() if k != "name"}}
-        if "name" in data:
-            out["name"] = data["name"]
-        return out
 
     @field_validator("name")
     @classmethod
@@ -199,14 +186,6 @@ class KernelConfig(BaseModel):
         own_first = sorted(self.opts, key=lambda k: k in KernelOptions.model_fields)  # eta before reduction
         self.opts = {k: self.opts[k] for k in own_first}
         return self
-
-    @model_serializer(mode="plain")
-    def _flat(self) -> dict[str, Any]:
-        return {"name": self.name, **self.opts}
-
-    def options(self) -> dict[str, Any]:
-        """The kernel's validated options (defaults filled in for built-ins), without ``name``."""
-        return dict(self.opts)
 
 
 class PlanConfig(BaseModel):

@@ -25,7 +25,8 @@ def _check_name(kind: str, name: str) -> str:
 
 
 class _Named(BaseModel):
-    """``{name: X, opt: value, ...}`` with the options gathered into ``opts`` and written back flat."""
+    """A component chosen by name with its options flat beside it in YAML (``{name: X, opt: value}``);
+    the options are gathered into ``opts`` and written back flat. Kernel, reward and algorithm configs."""
 
     model_config = _MODEL
 
