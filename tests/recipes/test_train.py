@@ -168,7 +168,8 @@ def test_quickstart_config_runs_on_the_shipped_model(tmp_path):
     root = Path(__file__).resolve().parents[2]
     cfg = load_config(root / "configs/quickstart.yaml", [
         f"backbone.path={root / 'models/shapes-flow/pipeline'}", "train.iterations=1", "train.max_minutes=null",
-        "batch_size=4", "group_size=2", "train.minibatch_size=4", "sampling.num_steps=3", "eval.per_category=1",
+        "batch_size=4", "group_size=2", "train.minibatch_size=4", "train.inner_epochs=1", "sampling.num_steps=3",
+        "eval.per_category=1",
         "log.progress=false", "log.tensorboard=false"])
     summary = train(cfg, tmp_path / "run")
     assert summary["images_generated"] == 4 and summary["optimizer_steps"] == 1
