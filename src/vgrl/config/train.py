@@ -8,7 +8,7 @@ name the field as ``reward.<option>`` / ``algorithm.<option>``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
@@ -29,9 +29,15 @@ class _Named(BaseModel):
     the options are gathered into ``opts`` and written back flat. Kernel, reward and algorithm configs."""
 
     model_config = _MODEL
+    registry_kind: ClassVar[str | None] = None  # set: names are checked against that registry kind
 
     name: str
     opts: dict[str, Any] = Field(default_factory=dict, repr=False, description="internal: the options")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        return name if cls.registry_kind is None else _check_name(cls.registry_kind, name)
 
     @model_validator(mode="before")
     @classmethod
@@ -54,23 +60,15 @@ class _Named(BaseModel):
 class RewardConfig(_Named):
     """The training reward: ``{name: shapes_checker, score: partial}``; ``compose`` takes ``terms``."""
 
+    registry_kind: ClassVar[str] = "rewards"
     name: str = Field("shapes_checker", description="reward registry name or package.module:Class")
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, name: str) -> str:
-        return _check_name("rewards", name)
 
 
 class AlgorithmConfig(_Named):
     """The post-training algorithm: ``{name: flow_grpo, clip_range: 1e-4, beta: 0.0}``."""
 
+    registry_kind: ClassVar[str] = "algorithms"
     name: str = Field("flow_grpo", description="algorithm registry name or package.module:Class")
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, name: str) -> str:
-        return _check_name("algorithms", name)
 
 
 class DataConfig(BaseModel):
