@@ -281,16 +281,16 @@ def update(run: Run, counters: Counters, batch: Batch) -> dict[str, float]:
     t = run.cfg.train
     local_mb = t.minibatch_size // run.dist.world
     sums: dict[str, float] = {}
-    count = 0
+    counts: dict[str, int] = {}
     for _ in range(t.inner_epochs):
         order = torch.randperm(len(batch), generator=run.generators["shuffle"])
         minibatches = list(order.split(local_mb))
         for lo in range(0, len(minibatches), t.grad_accum):
             step_metrics = optimizer_step(run, counters, batch, minibatches[lo: lo + t.grad_accum])
-            for k, v in step_metrics.items():
+            for k, v in step_metrics.items():  # a skipped step reports only ``skipped``
                 sums[k] = sums.get(k, 0.0) + v
-            count += 1
-    out = {k: v / count for k, v in sums.items()}
+                counts[k] = counts.get(k, 0) + 1
+    out = {k: v / counts[k] for k, v in sums.items()}
     out["lr"] = run.optimizer.param_groups[0]["lr"]
     return out
 
