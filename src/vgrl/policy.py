@@ -73,7 +73,14 @@ def export_pipeline(backbone: Backbone, out: str | Path, meta: dict | None = Non
     fresh = type(module).from_config(module.config)
     fresh.load_state_dict(merged_state(module))
     out = Path(out)
-    type(pipe)(**{**pipe.components, name: fresh}).save_pretrained(out, safe_serialization=True)
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # absent components (no T5) are saved as null: not worth a warning
+    try:
+        type(pipe)(**{**pipe.components, name: fresh}).save_pretrained(out, safe_serialization=True)
+    finally:
+        diffusers_logging.set_verbosity(level)
     if meta is not None:
         (out / META_FILE).write_text(json.dumps(meta, indent=2))
     return out
