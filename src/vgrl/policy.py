@@ -100,8 +100,6 @@ class Reference:
         if not lora:
             self.backbone.trainable().requires_grad_(False)
         self.prediction = backbone.prediction
-        self.sample_shape = backbone.sample_shape
-        self.name = f"{backbone.name}-reference"
 
     @torch.no_grad()
     def predict(self, x_t: Tensor, t: Tensor, cond: Cond, guidance_scale: float) -> Tensor:
