@@ -75,6 +75,9 @@ class Run:
     sampler: PromptSampler
     generators: dict[str, torch.Generator]
     evaluator: Any
+    pairs: Any = None                  # the preference dataset of an offline pairwise run (data.preferences)
+    rollout_dir: Path | None = None    # log.save_rollouts: where each iteration's samples are written
+    monitor: Any = None                # eval.monitor: the reward-hacking monitor
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -107,6 +110,8 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: str | None 
     # a resumed run re-does what came after its checkpoint; '--resume auto' with no checkpoint restarts
     resume_iteration = counters.iteration if start_from is not None else (-1 if resume == "auto" else None)
     tracker = Tracker(run_dir, cfg.log.tensorboard, resume_iteration=resume_iteration) if run.dist.main else None
+    if cfg.log.save_rollouts and run.dist.main:
+        run.rollout_dir = run_dir / "rollouts"
     if counters.iteration == 0 and cfg.eval.before:
         before = evaluate(run, counters, tracker, "eval_before")
     last_eval = before if counters.iteration == 0 else None
@@ -117,7 +122,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: str | None 
         row, images = iterate(run, counters)
         counters.wall_seconds += time.perf_counter() - started
         counters.iteration += 1
-        counters.images += cfg.batch_size
+        counters.images += cfg.batch_size if run.pairs is None else 0  # offline: no image is generated
         row.update(iteration=counters.iteration, images=counters.images, wall_seconds=counters.wall_seconds)
         if tracker is not None:
             tracker.log(row)
@@ -161,6 +166,7 @@ def build(cfg: RunConfig) -> Run:
                             f"{cfg.train.minibatch_size} must split evenly over {dist.world} processes")
     reward = _component("rewards", "reward", cfg.reward)
     algorithm = _component("algorithms", "algorithm", cfg.algorithm, reward=reward)
+    pairs = _preference_data(cfg, algorithm, dist)
     torch.manual_seed(cfg.seed)
     backbone = backbones.build(cfg.backbone)
     kernel = kernel_for(backbone, cfg.kernel.name, **cfg.kernel.options())
@@ -191,8 +197,47 @@ def build(cfg: RunConfig) -> Run:
     generators = {name: torch.Generator().manual_seed(cfg.seed * 1000 + i)
                   for i, name in enumerate(("seeds", "shuffle"))}
     evaluator = WorldEvaluator.from_config(cfg, backbone) if cfg.data.world else None
+    monitor = None
+    if cfg.eval.monitor is not None and evaluator is not None:
+        from vgrl.evaluation.monitor import HackingMonitor
+
+        monitor = HackingMonitor(reward, cfg.eval.monitor.patience, cfg.eval.monitor.feature_resolution)
     return Run(cfg, dist, backbone, kernel, plan, reward, algorithm, module, params, optimizer, scheduler, ref, ema,
-               sampler, generators, evaluator)
+               sampler, generators, evaluator, pairs=pairs, monitor=monitor)
+
+
+def _preference_data(cfg: RunConfig, algorithm, dist: distributed.Dist):
+    """The validated preference dataset of an offline pairwise run (None otherwise); checks the combination."""
+    from vgrl.algorithms._pairs import is_offline, is_pairwise
+    from vgrl.data.preferences import PreferenceDataError, PreferenceDataset
+
+    name = cfg.algorithm.name
+    if cfg.log.save_rollouts and dist.world > 1:
+        raise TrainingError("log.save_rollouts writes the samples of one process; run it with one process")
+    if is_pairwise(algorithm) and not is_offline(algorithm) and dist.world > 1:
+        raise TrainingError(f"algorithm {name!r} with mode 'online' pairs the samples of a rollout in one "
+                            "process; run it with one process (or mode: offline)")
+    if not is_offline(algorithm):
+        if cfg.data.preferences is not None:
+            raise TrainingError(f"data.preferences is read only by a pairwise algorithm with mode: offline "
+                                f"(diffusion_dpo, npo); algorithm {name!r} trains on rollouts: remove it or set "
+                                "algorithm.mode: offline")
+        return None
+    if cfg.data.preferences is None:
+        raise TrainingError(f"algorithm.mode: 'offline' trains {name!r} on a preference dataset: set "
+                            "data.preferences to a pairs.jsonl index (docs/preferences.md), or use mode: online")
+    try:
+        data = PreferenceDataset.load(cfg.data.preferences)
+    except PreferenceDataError as e:
+        raise TrainingError(f"data.preferences: {e}") from None
+    side = cfg.backbone.resolution
+    wrong = [(r, s) for r, s in zip(data.records, data.sizes) if s != (side, side)]
+    if wrong:
+        rec, (w, h) = wrong[0]
+        raise TrainingError(f"data.preferences: {data.index} {rec.name()} has {w}x{h} images but backbone.resolution "
+                            f"is {side} ({len(wrong)} of {len(data)} pairs differ); resize the images or set "
+                            "backbone.resolution")
+    return data
 
 
 def _component(kind: str, field: str, section, **runtime):
@@ -227,6 +272,8 @@ def _prompt_sampler(cfg: RunConfig) -> PromptSampler:
 
 def iterate(run: Run, counters: Counters) -> tuple[dict, Tensor | None]:
     """One COLLECT / SCORE / PREPARE / UPDATE iteration; returns its log row and the decoded images."""
+    if run.pairs is not None:
+        return iterate_pairs(run, counters), None
     cfg, g = run.cfg, run.cfg.group_size
     t0 = time.perf_counter()
     draw = run.sampler.draw(cfg.batch_size // g)
@@ -248,14 +295,41 @@ def iterate(run: Run, counters: Counters) -> tuple[dict, Tensor | None]:
     scores = run.dist.gather(reward.scores.detach())
     row.update(reward_mean=scores.mean().item(), reward_std=scores.std(unbiased=False).item(),
                seconds_rollout=time.perf_counter() - t0)
+    if run.rollout_dir is not None:
+        from vgrl.data.preferences import save_rollouts
+
+        rows = range(len(prompts))
+        save_rollouts(run.rollout_dir / f"iter_{counters.iteration + 1:05d}", images, prompts, metadata,
+                      scores.tolist(), [i // g for i in rows], [ids[i // g] for i in rows], traj.seeds.tolist())
     batch = _prepare(run, traj, reward, scores, draw, groups)
     bad = (~torch.isfinite(batch.adv)).nonzero().flatten().tolist()
     if run.dist.any(bool(bad)):
         return _skip(run, counters, row, "non-finite advantage", sorted({ids[i // g] for i in bad})), images
+    if len(batch) == 0:  # a pairwise algorithm found no pair above its margin: nothing to learn from
+        row["empty_batch"] = 1.0
+        return row, images
     t1 = time.perf_counter()
     row.update(update(run, counters, batch))
     row["seconds_update"] = time.perf_counter() - t1
     return row, images
+
+
+def iterate_pairs(run: Run, counters: Counters) -> dict:
+    """One offline iteration: the next ``batch_size`` pairs of the preference dataset instead of a rollout
+    (epochs of seeded permutations, a function of the iteration: resume reads the same pairs)."""
+    from vgrl.algorithms._pairs import offline_batch
+
+    cfg = run.cfg
+    t0 = time.perf_counter()
+    idx = run.pairs.order(counters.iteration, cfg.batch_size, cfg.seed)
+    seeds = make_seeds(len(idx), run.generators["seeds"])
+    mine = run.dist.shard(len(idx))
+    batch = offline_batch(run.backbone, run.pairs, idx[mine], seeds[mine], cfg.sampling.num_steps)
+    row: dict[str, Any] = {"kind": "train", "pairs": len(idx), "seconds_load": time.perf_counter() - t0}
+    t1 = time.perf_counter()
+    row.update(update(run, counters, batch))
+    row["seconds_update"] = time.perf_counter() - t1
+    return row
 
 
 def _prepare(run: Run, traj, reward, scores: Tensor, draw, groups: slice) -> Batch:
@@ -268,7 +342,8 @@ def _prepare(run: Run, traj, reward, scores: Tensor, draw, groups: slice) -> Bat
     group_ids = torch.arange(len(draw.texts)).repeat_interleave(g)
     if run.dist.world == 1:
         return run.algorithm.prepare(traj, reward, group_ids, prompts, metadata)
-    full = run.algorithm.prepare(traj, RewardOutput(scores=scores), group_ids, prompts, metadata)
+    dense = None if reward.dense is None else run.dist.gather(reward.dense.detach().contiguous())
+    full = run.algorithm.prepare(traj, RewardOutput(scores=scores, dense=dense), group_ids, prompts, metadata)
     rows = torch.arange(groups.start * g, groups.stop * g)
     pick = (lambda seq: None if seq is None else [seq[i] for i in rows.tolist()])
     return Batch(traj=traj, rewards=full.rewards[rows], adv=full.adv[rows], group_ids=full.group_ids[rows],
@@ -368,19 +443,39 @@ def evaluate(run: Run, counters: Counters, tracker, grid: str | None) -> dict | 
             run.ema.store(run.params)
             run.ema.copy_to(run.params)
         try:
-            res = run.evaluator.run(progress=run.cfg.log.progress)
+            res = run.evaluator.run(progress=run.cfg.log.progress,
+                                    keep_images=len(run.evaluator.es.texts) if run.monitor else None)
+            watch = _monitor(run, res) if run.monitor else {}
         finally:
             if run.ema is not None:
                 run.ema.restore(run.params)
         seconds = time.perf_counter() - started
         counters.eval_seconds += seconds
-        result = {**res.as_dict(), "eval_seconds": seconds}
+        result = {**res.as_dict(), **watch, "eval_seconds": seconds}
         tracker.log({"kind": "eval", "iteration": counters.iteration, "images": counters.images,
                      "wall_seconds": counters.wall_seconds, **result})
+        if watch.get("hacking_warning"):
+            from rich.console import Console
+
+            Console(stderr=True).print(
+                f"[bold yellow]warning:[/] possible reward hacking at iteration {counters.iteration}: the training "
+                f"reward rose while held-out accuracy fell for {run.monitor.patience} evaluations in a row "
+                "(docs/hacking.md)")
         if grid and res.images is not None:
-            tracker.image(grid, res.images, counters.iteration)
+            tracker.image(grid, res.images[:run.evaluator.keep_images], counters.iteration)
     run.dist.barrier()
     return result
+
+
+def _monitor(run: Run, res) -> dict[str, float]:
+    """The reward-hacking monitor's metrics for evaluation ``res`` (which kept every sample)."""
+    from vgrl.evaluation.world_eval import diversity_set
+
+    m, ev = run.cfg.eval.monitor, run.evaluator
+    div = diversity_set(ev.es, m.diversity_prompts, m.diversity_seeds)
+    div_images = ev.run(progress=False, keep_images=len(div.texts), es=div).images
+    groups = torch.arange(len(div.texts)) // m.diversity_seeds
+    return run.monitor.observe(res.images, ev.es.texts, ev.es.metas, res.overall_accuracy, div_images, groups)
 
 
 def save(run: Run, counters: Counters, before: dict | None, run_dir: Path) -> None:
@@ -390,7 +485,8 @@ def save(run: Run, counters: Counters, before: dict | None, run_dir: Path) -> No
                  "algorithm": run.algorithm.state_dict(), "sampler": run.sampler.state_dict(),
                  "generators": {k: g.get_state() for k, g in run.generators.items()},
                  "torch_rng": torch.get_rng_state(), "counters": asdict(counters), "before": before,
-                 "ema": run.ema.state_dict() if run.ema is not None else None}
+                 "ema": run.ema.state_dict() if run.ema is not None else None,
+                 "monitor": run.monitor.state_dict() if run.monitor is not None else None}
         checkpoint.save(run_dir / "checkpoints", counters.iteration, trainable_state(run.module), state,
                         {"images": counters.images, "wall_seconds": counters.wall_seconds},
                         keep=run.cfg.train.keep_checkpoints)
@@ -413,6 +509,8 @@ def restore(run: Run, path: Path) -> tuple[Counters, dict | None]:
         raise TrainingError(f"{path}: train.ema_decay differs from the run that wrote this checkpoint")
     if run.ema is not None:
         run.ema.load_state_dict(s["ema"])
+    if run.monitor is not None and s.get("monitor") is not None:
+        run.monitor.load_state_dict(s["monitor"])
     return Counters(**s["counters"]), s["before"]
 
 

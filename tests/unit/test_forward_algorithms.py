@@ -14,7 +14,7 @@ import yaml
 
 from vgrl import algorithms
 from vgrl.algorithms._forward import draw, noise, noised, unit_seed, weighted_denoising_loss
-from vgrl.algorithms.nft import adaptive_error, nft_terms, optimality
+from vgrl.algorithms.nft import adaptive_error, dense_optimality, nft_terms, optimality
 from vgrl.algorithms.raft import keep_mask
 from vgrl.algorithms.rwr import exp_weights
 from vgrl.policy import Reference
@@ -119,6 +119,46 @@ def test_nft_terms_by_hand():
     assert optimality(torch.tensor([2.5, -1.0, 10.0, -10.0]), 5.0).tolist() == pytest.approx([0.75, 0.4, 1.0, 0.0])
 
 
+def test_nft_dense_optimality_by_hand():
+    # scores (1, 0): std 0.5; A = (2, -2); map deviations r(x) - r_i of +-0.5 -> +-1 std
+    adv, scores = torch.tensor([2.0, -2.0]), torch.tensor([1.0, 0.0])
+    dense = torch.tensor([[[1.0, 0.5]], [[0.0, 0.5]]])  # (2, 1, 2)
+    p = dense_optimality(adv, scores, dense, 1.0, 5.0, 0.0)
+    # sample 0: A(x) = (2, 2 - 1) -> p = (0.7, 0.6); sample 1: (-2, -2 + 1) -> (0.3, 0.4)
+    assert p.flatten().tolist() == pytest.approx([0.7, 0.6, 0.3, 0.4])
+    with pytest.raises(ValueError, match=r"\(B, H, W\)"):
+        dense_optimality(adv, scores, dense[:, 0], 1.0, 5.0, 0.0)
+
+
+def test_nft_dense_map_equal_to_the_score_changes_nothing(tiny_backbones, trajs):
+    """A map that is the sample's own score everywhere carries no local credit: same loss as scalar p."""
+    bb, traj = tiny_backbones["flow"], trajs["flow"]
+    scores = torch.tensor([0.9, 0.1, 0.4, 0.6])
+    h, w = 32, 32
+    flat = scores.view(-1, 1, 1).expand(-1, h, w).clone()
+    plain = algorithms.get("nft", global_std=False)
+    dense = algorithms.get("nft", global_std=False, dense_credit=2.0)
+    b0 = plain.prepare(traj, RewardOutput(scores=scores), GROUPS)
+    b1 = dense.prepare(traj, RewardOutput(scores=scores, dense=flat), GROUPS)
+    assert b1.weights.shape == (4, h, w) and torch.allclose(b1.weights, b0.weights.view(-1, 1, 1).expand(-1, h, w))
+    module = bb.trainable()
+    g0 = backward(plain.loss(bb, None, b0, 0)[0], module)  # (loss values coincide at old = pred: compare gradients)
+    l1, m1 = dense.loss(bb, None, b1, 0)
+    g1 = backward(l1, module)
+    assert max((a - b).abs().max().item() for a, b in zip(g0, g1)) <= 1e-6 * max(a.abs().max().item() for a in g0)
+    assert m1["dense_p_spread"] == pytest.approx(0.0, abs=1e-7)
+    # a planted local deviation lowers the optimality only where it lies, and changes the gradient
+    spot = flat.clone()
+    spot[0, :8, :8] = 0.0
+    b2 = dense.prepare(traj, RewardOutput(scores=scores, dense=spot), GROUPS)
+    assert (b2.weights[0, :8, :8] < b0.weights[0]).all() and torch.equal(b2.weights[1:], b1.weights[1:])
+    assert torch.equal(b2.weights[0, 8:], b1.weights[0, 8:])
+    g2 = backward(dense.loss(bb, None, b2, 0)[0], module)
+    assert max((a - b).abs().max().item() for a, b in zip(g1, g2)) > 1e-4 * max(a.abs().max().item() for a in g1)
+    with pytest.raises(ValueError, match="dense map"):
+        dense.prepare(traj, RewardOutput(scores=scores), GROUPS)
+
+
 def test_nft_prepare_group_advantages(trajs):
     algo = algorithms.get("nft", global_std=False)
     batch = algo.prepare(trajs["flow"], RewardOutput(scores=torch.tensor([1.0, 0.0, 3.0, 3.0])), GROUPS)
@@ -140,7 +180,7 @@ def test_nft_gradient_is_the_signed_flow_matching_gradient(tiny_backbones, trajs
     got = backward(algo.loss(bb, None, _nft_batch(traj, p), 1)[0], module)
     nz = noised(bb, traj, 1, algo.options)
     pred = bb.predict(nz.x_t, nz.t, traj.cond, 1.0)
-    want = backward(2.0 * ((2 * p - 1) * adaptive_error(nz.x0_hat(pred), traj.x0)).mean(), module)
+    want = backward(2.0 * ((2 * p - 1) * adaptive_error(nz.x0_hat(pred), traj.x0).flatten(1).mean(1)).mean(), module)
     scale = max(w.abs().max().item() for w in want)
     assert max((g - w).abs().max().item() for g, w in zip(got, want)) <= 1e-5 * scale
     assert any(g.abs().max() > 0 for g in got)

@@ -53,7 +53,9 @@ def world() -> ShapesWorld:
 
 # ---------------------------------------------------------------------- registry
 def test_registry_lists_exactly_the_builtin_rewards():
-    assert rewards.available() == registry.available("rewards") == ["compose", "jpeg", "shapes_checker", "shapes_critic"]
+    assert rewards.available() == registry.available("rewards") == [
+        "aesthetic", "classifier", "clip_score", "compose", "diversity", "hpsv2", "image_reward", "jpeg",
+        "learned_bt", "ocr", "pickscore", "remote", "shapes_checker", "shapes_critic"]
     for name in rewards.available():
         cls = registry.resolve("rewards", name)
         assert cls.name == name and isinstance(cls.differentiable, bool)
@@ -75,13 +77,22 @@ def test_unknown_option_is_a_pydantic_error_naming_the_field():
 
 
 # ---------------------------------------------------------------------- flags
+# rewards that need a resource this test cannot give (weights on a local path, a server): their flags are
+# tested with tiny random-init weights or a loopback server in test_learned_rewards / test_remote_reward
+NEEDS_RESOURCE = {"aesthetic", "clip_score", "hpsv2", "image_reward", "learned_bt", "pickscore", "remote"}
+
+
 def _built_instances() -> list[Reward]:
-    """One instance of every registered reward (compose over the non-differentiable built-ins)."""
+    """One instance of every registered reward that runs without outside resources."""
     out = []
     for name in rewards.available():
+        required = {k for k, f in registry.resolve("rewards", name).Options.model_fields.items() if f.is_required()}
+        assert bool(required) == (name in NEEDS_RESOURCE), (name, required)
         if name == "compose":
             out.append(rewards.get("compose", terms=[(rewards.get("jpeg"), 1.0, "jpeg")], normalise="before"))
-        else:
+        elif name == "classifier":
+            out.append(rewards.get("classifier", class_index=0))
+        elif name not in NEEDS_RESOURCE:
             out.append(rewards.get(name))
     return out
 
@@ -89,7 +100,7 @@ def _built_instances() -> list[Reward]:
 def test_differentiable_flags_are_truthful(world):
     metas = [p.meta for p in world.prompts("train", "colors")[:3]]
     images = world.render(metas, seed=0).requires_grad_(True)
-    prompts = [""] * 3
+    prompts = ['a sign that says "A"'] * 3  # the OCR reward reads its target from the prompt
     for reward in _built_instances():
         out = reward(images, prompts, metas)
         assert out.scores.dtype == torch.float32 and out.scores.shape == (3,)
@@ -290,3 +301,28 @@ def test_broken_reward_output_raises():
 
     with pytest.raises(TypeError, match="scores must be float32"):
         Doubles(values=[0.0])(_flat([0.0]), [""])
+
+
+def test_shapes_checker_dense_map_localises_a_planted_defect():
+    world = ShapesWorld(32)
+    prompts = world.prompts("train", "position")[:2] + world.prompts("train", "counting")[:2]
+    metas = [p.meta for p in prompts]
+    images = world.render(metas, seed=0)
+    reward = rewards.get("shapes_checker", dense=True)
+    assert reward.granularity == "dense" and rewards.get("shapes_checker").granularity == "pointwise"
+    clean = reward(images, [p.text for p in prompts], metas)
+    assert clean.dense.shape == (4, 32, 32) and clean.dense.dtype == torch.float32
+    assert torch.equal(clean.dense, torch.ones(4, 32, 32))  # perfect renders: credit 1 everywhere
+    assert torch.equal(clean.scores, rewards.get("shapes_checker")(images, [p.text for p in prompts], metas).scores)
+    defect = images.clone()
+    defect[0, :, 1:7, 1:7] = torch.tensor([1.0, 1.0, 0.0]).view(3, 1, 1)  # an extra yellow square in a corner
+    out = reward(defect, [p.text for p in prompts], metas)
+    dense = out.dense[0]
+    assert (dense[1:7, 1:7] == 0).all()                       # the defect's pixels carry no credit
+    assert (dense[7:, 7:] == out.scores[0]).all() or (dense[7:, 7:] >= 0.5).all()
+    assert torch.equal(out.dense[1:], clean.dense[1:])        # other samples untouched
+    # two red circles judged against "a red circle left of a red square": the circles match the first
+    # object (fact 1, relation failed -> credit 0.5), the background keeps the score 1/3
+    wrong = reward(images[2:3], [prompts[0].text], [metas[0]])
+    assert wrong.scores.tolist() == pytest.approx([1 / 3])
+    assert sorted(torch.unique(wrong.dense).tolist()) == pytest.approx([1 / 3, 0.5])

@@ -24,6 +24,15 @@ is the paper code's scale: it makes the gradient independent of ``beta`` when ``
 Because ``pos``/``neg`` are affine combinations (weights summing to 1), they map to the same
 combinations of ``x0_hat``: the maths holds unchanged for epsilon and v prediction (sd backbone).
 
+Dense credit (``dense_credit = lambda > 0``, with a reward that returns a per-pixel map ``r_i(x)``, e.g.
+``shapes_checker`` with ``dense: true``): the optimality becomes a map. With ``sigma`` the batch std of
+the rewards, ``A_i(x) = A_i + lambda (r_i(x) - r_i) / (sigma + eps)`` and ``p_i(x) = 0.5 + 0.5
+clip(A_i(x) / adv_clip, -1, 1)``, area-resized to the latent grid and shared by the channels; the loss
+becomes ``mean_dims [p(x) e+(x) + (1 - p(x)) e-(x)]`` with the per-element errors ``e`` of ``D``. Where
+the map equals the score (background) nothing changes; pixels of a correct object lean to the
+positive policy and pixels of a wrong one to the negative policy, even inside a sample whose total
+reward is average (HALO / PatchDPO-style credit routing, applied to NFT's implicit policies).
+
 The old policy (``old_policy``): ``rollout``, the weights that sampled this batch (the paper's
 ``theta_old`` with soft-update rate 0 — vgrl collects with the current weights, so a lagging
 ``theta_old`` would not be the data's policy), a snapshot taken at the first loss call after
@@ -62,6 +71,8 @@ class NFTOptions(NoisingOptions):
     weighting: Literal["adaptive", "none"] = Field(
         "adaptive", description="adaptive x0 regression (paper code) or the plain squared prediction error")
     kl: float = Field(0.0, ge=0, description="weight of ||v_theta - v_ref||^2 to the base model (paper code: 1e-4)")
+    dense_credit: float = Field(0.0, ge=0, description="lambda of the per-pixel advantage from the reward's dense "
+                                                      "map (0 = off; needs a reward that returns `dense`)")
 
 
 def optimality(adv: Tensor, adv_clip: float) -> Tensor:
@@ -70,11 +81,31 @@ def optimality(adv: Tensor, adv_clip: float) -> Tensor:
 
 
 def adaptive_error(x0_hat: Tensor, x0: Tensor) -> Tensor:
-    """``(B,)`` ``mean_dims (x0_hat - x0)^2 / sg(max(mean_dims |x0_hat - x0|, 1e-5))`` (weight in float64)."""
+    """``(B, *S)`` per-element ``(x0_hat - x0)^2 / sg(max(mean_dims |x0_hat - x0|, 1e-5))`` (weight in
+    float64); its mean over the non-batch dims is the paper code's adaptive loss."""
     diff = x0_hat - x0
     with torch.no_grad():
         weight = diff.double().abs().flatten(1).mean(dim=1).clamp(min=MIN_WEIGHT).to(diff.dtype)
-    return (diff**2).flatten(1).mean(dim=1) / weight
+    return diff**2 / weight.view(-1, *([1] * (diff.ndim - 1)))
+
+
+def dense_optimality(adv: Tensor, scores: Tensor, dense: Tensor, lam: float, adv_clip: float,
+                     eps: float) -> Tensor:
+    """``(B, H, W)`` optimality map ``optimality(A_i + lam (r_i(x) - r_i) / (std(r) + eps))``."""
+    if dense.ndim != 3 or dense.shape[0] != adv.shape[0]:
+        raise ValueError(f"nft dense_credit needs a (B, H, W) per-pixel reward map, got {tuple(dense.shape)}")
+    sigma = scores.to(torch.float32).std(unbiased=False)
+    dev = (dense.to(torch.float32) - scores.to(torch.float32).view(-1, 1, 1)) / (sigma + eps)
+    return optimality(adv.view(-1, 1, 1) + lam * dev, adv_clip)
+
+
+def _broadcast_p(p: Tensor, like: Tensor) -> Tensor:
+    """``p`` ``(B,)`` or a ``(B, H, W)`` map -> broadcastable to ``like`` ``(B, C, h, w)`` (area resize)."""
+    if p.ndim == 1:
+        return p.view(-1, *([1] * (like.ndim - 1)))
+    if like.ndim != 4:
+        raise ValueError(f"nft dense_credit supports image latents (B, C, h, w), got {tuple(like.shape)}")
+    return torch.nn.functional.interpolate(p[:, None].to(torch.float32), size=like.shape[-2:], mode="area")
 
 
 def nft_terms(pred: Tensor, old: Tensor, nz: Noised, x0: Tensor, p: Tensor, beta: float,
@@ -84,7 +115,7 @@ def nft_terms(pred: Tensor, old: Tensor, nz: Noised, x0: Tensor, p: Tensor, beta
     Args:
         pred: ``(B, *S)`` current prediction (with grad); ``old``: the old policy's, no grad.
         nz: the noised batch (``x_t``, ``target``, ``x0_hat`` coefficients); ``x0``: ``(B, *S)``.
-        p: ``(B,)`` optimality probabilities.
+        p: ``(B,)`` optimality probabilities, or a ``(B, H, W)`` map (dense credit).
         weighting: ``adaptive`` or ``none``.
     """
     pred, old = pred.to(torch.float32), old.to(torch.float32).detach()
@@ -92,11 +123,12 @@ def nft_terms(pred: Tensor, old: Tensor, nz: Noised, x0: Tensor, p: Tensor, beta
     neg = (1 + beta) * old - beta * pred
     if weighting == "adaptive":
         x0 = x0.to(torch.float32)
-        l_pos, l_neg = adaptive_error(nz.x0_hat(pos), x0), adaptive_error(nz.x0_hat(neg), x0)
+        e_pos, e_neg = adaptive_error(nz.x0_hat(pos), x0), adaptive_error(nz.x0_hat(neg), x0)
     else:
-        l_pos = ((pos - nz.target) ** 2).flatten(1).mean(dim=1)
-        l_neg = ((neg - nz.target) ** 2).flatten(1).mean(dim=1)
-    return p * l_pos + (1 - p) * l_neg, l_pos, l_neg
+        e_pos, e_neg = (pos - nz.target) ** 2, (neg - nz.target) ** 2
+    pb = _broadcast_p(p, e_pos)
+    per = (pb * e_pos + (1 - pb) * e_neg).flatten(1).mean(dim=1)
+    return per, e_pos.flatten(1).mean(dim=1), e_neg.flatten(1).mean(dim=1)
 
 
 class NFT(Algorithm):
@@ -126,6 +158,13 @@ class NFT(Algorithm):
         self._snapshot, self._moved = None, False
         self._stats = {"p_signal": (2 * p - 1).abs().mean().item(),
                        "p_saturated": ((p == 0) | (p == 1)).float().mean().item()}
+        if o.dense_credit > 0:
+            if reward.dense is None:
+                raise ValueError("nft dense_credit > 0 needs a reward that returns a dense map (e.g. "
+                                 "reward: {name: shapes_checker, dense: true}); this reward returned none")
+            dense_p = dense_optimality(adv, reward.scores, reward.dense, o.dense_credit, o.adv_clip, o.eps)
+            self._stats["dense_p_spread"] = (dense_p - p.view(-1, 1, 1)).abs().mean().item()
+            p = dense_p
         return Batch(traj=traj, rewards=reward.scores, adv=adv, group_ids=group_ids, prompts=prompts,
                      metadata=metadata, weights=p)
 

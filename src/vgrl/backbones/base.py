@@ -61,6 +61,11 @@ class Backbone(ABC):
     def decode(self, x0: Tensor) -> Tensor:
         """Pixels in [0, 1]: images ``(B, C, H, W)`` (videos ``(B, F, C, H, W)``, views ``(B, V, C, H, W)``)."""
 
+    def encode_images(self, images: Tensor) -> Tensor:
+        """Pixels in [0, 1] ``(B, C, H, W)`` -> samples ``(B, *S)`` in the working space, the inverse of
+        ``decode`` (the autoencoder's posterior mean); used to train on images from disk."""
+        raise NotImplementedError(f"backbone {self.name!r} cannot encode images to its working space")
+
     @abstractmethod
     def trainable(self) -> nn.Module:
         """The module post-training updates (UNet / transformer)."""
@@ -91,6 +96,13 @@ class Backbone(ABC):
         if guidance_scale > 1.0 and cond.uncond_embeds is None:
             raise ValueError("guidance_scale > 1 needs the unconditional branch: encode(prompts, guidance=True)")
         return guidance_scale > 1.0
+
+
+def check_images(images: Tensor, size: int) -> None:
+    """Raise unless ``images`` is ``(B, 3, size, size)`` (what ``encode_images`` takes at this resolution)."""
+    if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != (size, size):
+        raise ValueError(f"encode_images takes RGB images (B, 3, {size}, {size}) at this model's resolution "
+                         f"{size}, got {tuple(images.shape)}")
 
 
 def seeded(seed: int) -> torch.Generator:

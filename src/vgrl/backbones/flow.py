@@ -17,7 +17,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, St
 from torch import Tensor, nn
 
 from vgrl.backbones import _tiny
-from vgrl.backbones.base import DTYPES, Backbone, read_meta, to_unit
+from vgrl.backbones.base import DTYPES, Backbone, check_images, read_meta, to_unit
 from vgrl.types import Cond
 
 
@@ -81,6 +81,15 @@ class FlowBackbone(Backbone):
             return to_unit(x0.float())
         latents = x0.to(self.vae.dtype) / self.vae.config.scaling_factor + self.vae.config.shift_factor
         return to_unit(self.vae.decode(latents, return_dict=False)[0].float())
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` in [0, 1] -> ``(B, *S)``: ``(mode(E(2x - 1)) - shift) * scale`` (pixels: ``2x - 1``)."""
+        check_images(images, self.sample_shape[-1] * self.vae_scale)
+        pixels = images.to(torch.float32) * 2 - 1
+        if self.vae is None:
+            return pixels
+        latents = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.mode().float()
+        return (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
 
     def trainable(self) -> nn.Module:
         return self.transformer

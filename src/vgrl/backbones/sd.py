@@ -14,7 +14,7 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionMod
 from torch import Tensor, nn
 
 from vgrl.backbones import _tiny
-from vgrl.backbones.base import DTYPES, Backbone, to_unit
+from vgrl.backbones.base import DTYPES, Backbone, check_images, to_unit
 from vgrl.types import Cond
 
 
@@ -71,6 +71,14 @@ class SDBackbone(Backbone):
             return to_unit(x0.float())
         images = self.vae.decode(x0.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
         return to_unit(images.float())
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` in [0, 1] -> ``(B, *S)``: ``mode(E(2x - 1)) * scale`` (pixels: ``2x - 1``)."""
+        check_images(images, self.sample_shape[-1] * self.vae_scale)
+        pixels = images.to(torch.float32) * 2 - 1
+        if self.vae is None:
+            return pixels
+        return self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.mode().float() * self.vae.config.scaling_factor
 
     def trainable(self) -> nn.Module:
         return self.unet

@@ -8,6 +8,7 @@ name the field as ``reward.<option>`` / ``algorithm.<option>``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
@@ -78,6 +79,22 @@ class DataConfig(BaseModel):
 
     world: str | None = Field(None, description="built-in world (shapes) whose prompt split trains the model")
     split: str = Field("train", description="prompt split of the world")
+    preferences: str | None = Field(None, description="preference dataset (a pairs.jsonl index or a directory "
+                                                     "holding one, docs/preferences.md) that an offline pairwise "
+                                                     "algorithm (diffusion_dpo, npo with mode: offline) trains on")
+
+    @field_validator("preferences")
+    @classmethod
+    def _index_exists(cls, path: str | None) -> str | None:
+        if path is None:
+            return None
+        p = Path(path).expanduser()
+        if not (p.is_file() or (p / "pairs.jsonl").is_file()):
+            from vgrl.config.schema import _fail
+
+            _fail([((), f"{path!r} is neither a pairs.jsonl index nor a directory holding one "
+                        "(build one with 'vgrl pairs --from-run RUN --out DIR')")])
+        return path
 
     @field_validator("world")
     @classmethod
@@ -128,6 +145,18 @@ class TrainConfig(BaseModel):
     threads: int | None = Field(None, ge=1, description="torch CPU threads; null = torch's default")
 
 
+class MonitorConfig(BaseModel):
+    """Reward-hacking monitor at each evaluation (docs/hacking.md): the training reward on the evaluation
+    samples (proxy) next to the checker's accuracy (gold), intra-prompt diversity and feature drift."""
+
+    model_config = _MODEL
+
+    patience: int = Field(3, ge=1, description="evaluations in a row of proxy up and gold down that warn")
+    diversity_prompts: int = Field(16, ge=1, description="prompts of the diversity set (0 samples if off)")
+    diversity_seeds: int = Field(4, ge=2, description="samples per prompt of the diversity set")
+    feature_resolution: int = Field(96, ge=32, description="side the samples are resized to for EfficientNet-lite0")
+
+
 class EvalConfig(BaseModel):
     """Periodic held-out evaluation with fixed prompts and seeds (deterministic sampler)."""
 
@@ -141,6 +170,8 @@ class EvalConfig(BaseModel):
     seed: int = Field(0, ge=0)
     batch_size: int = Field(128, ge=1)
     before: bool = Field(True, description="evaluate the base model before training")
+    monitor: MonitorConfig | None = Field(None, description="reward-hacking monitor (proxy vs gold, diversity, "
+                                                           "feature drift); null = off")
 
 
 class LogConfig(BaseModel):
@@ -150,4 +181,7 @@ class LogConfig(BaseModel):
 
     tensorboard: bool = True
     grid_every: int | None = Field(10, ge=1, description="iterations between training-sample grids; null = off")
+    save_rollouts: bool = Field(False, description="write each iteration's decoded images (PNG), prompts, "
+                                                   "metadata, rewards and group ids to RUN/rollouts/iter_XXXXX/ "
+                                                   "(input of 'vgrl pairs')")
     progress: bool = True

@@ -53,7 +53,8 @@ def write_report(run_dir: str | Path) -> Path:
     if missing:
         body.append("<h2>Missing</h2><ul class='missing'>" + "".join(f"<li>{escape(m)}</li>" for m in missing)
                     + "</ul>")
-    body += [_summary_section(summary, train, evals), _eval_section(evals), _training_section(train),
+    body += [_summary_section(summary, train, evals), _eval_section(evals), _monitor_section(evals),
+             _training_section(train),
              _skip_section(skips, train), _grid_section(run_dir / "grids")]
     page = (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>vgrl run {name}</title>"
             f"<style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
@@ -142,6 +143,27 @@ def _eval_section(evals: list[dict]) -> str:
         series[c] = _points(evals, lambda r, c=c: r.get("accuracy", {}).get(c))
     return "<h2>Held-out evaluation</h2>\n" + _plot(series, "held-out evaluation", title="held-out accuracy",
                                                      ylabel="accuracy")
+
+
+def _monitor_section(evals: list[dict]) -> str:
+    """The reward-hacking monitor (eval.monitor): proxy vs gold, diversity, feature drift, and warnings."""
+    if not any("frechet" in r for r in evals):
+        return ""
+    warned = [r for r in evals if r.get("hacking_warning")]
+    note = (f"<p class='missing'><b>Possible reward hacking</b> at iteration(s) "
+            f"{', '.join(str(r.get('iteration')) for r in warned)}: the training reward rose while held-out "
+            "accuracy fell at each of the last evaluations.</p>" if warned else
+            "<p>No hacking warning: the training reward never rose while held-out accuracy fell for the "
+            "monitor's patience of consecutive evaluations.</p>")
+    return ("<h2>Reward-hacking monitor</h2>\n" + note
+            + _plot({"proxy (training reward)": _points(evals, lambda r: r.get("proxy_reward")),
+                     "gold (held-out accuracy)": _points(evals, lambda r: r.get("gold"))},
+                    "monitor rows", title="proxy reward vs gold metric", ylabel="value")
+            + _plot({"intra-prompt diversity": _points(evals, lambda r: r.get("diversity"))},
+                    "diversity rows", title="intra-prompt diversity (EfficientNet cosine distance)",
+                    ylabel="diversity")
+            + _plot({"Frechet distance to the base samples": _points(evals, lambda r: r.get("frechet"))},
+                    "drift rows", title="feature drift from the base model", ylabel="Frechet distance"))
 
 
 def _skip_section(skips: list[dict], train: list[dict]) -> str:

@@ -64,6 +64,16 @@ def eval_set(world, split: str, per_category: int, seed: int = 0) -> EvalSet:
     return EvalSet(texts, metas, cats, seeds)
 
 
+def diversity_set(es: EvalSet, prompts: int, seeds: int) -> EvalSet:
+    """``prompts`` prompts spread evenly over ``es``, each with ``seeds`` fixed seeds of its own (group ids:
+    consecutive blocks of ``seeds``); the hacking monitor's intra-prompt diversity set."""
+    picks = [round(i * len(es.texts) / prompts) for i in range(min(prompts, len(es.texts)))]
+    texts = [es.texts[i] for i in picks for _ in range(seeds)]
+    metas = [es.metas[i] for i in picks for _ in range(seeds)]
+    cats = [es.categories[i] for i in picks for _ in range(seeds)]
+    return EvalSet(texts, metas, cats, 7_000_003 + torch.arange(len(texts), dtype=torch.int64))
+
+
 @torch.no_grad()
 def evaluate(backbone: Backbone, world, es: EvalSet, *, num_steps: int, guidance_scale: float,
              kernel: str = "ode", batch_size: int = 64, keep_images: int = 0, progress: bool = True,
@@ -123,19 +133,22 @@ class WorldEvaluator:
         guidance = e.guidance_scale or meta.get("eval_guidance", cfg.sampling.guidance_scale)
         return cls(backbone, world, eval_set(world, e.split, e.per_category, e.seed), steps, guidance, e.batch_size)
 
-    def run(self, progress: bool = True) -> EvalResult:
-        return evaluate(self.backbone, self.world, self.es, num_steps=self.num_steps,
+    def run(self, progress: bool = True, keep_images: int | None = None, es: EvalSet | None = None) -> EvalResult:
+        """Evaluate the fixed set (or ``es``), keeping the first ``keep_images`` samples (default 64)."""
+        return evaluate(self.backbone, self.world, es or self.es, num_steps=self.num_steps,
                         guidance_scale=self.guidance_scale, batch_size=self.batch_size,
-                        keep_images=self.keep_images, progress=progress)
+                        keep_images=self.keep_images if keep_images is None else keep_images, progress=progress)
 
 
 def run(model: str, world_name: str = "shapes", split: str = "heldout", *, per_category: int = 128,
         num_steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
-        out_dir: str = "runs/eval", kernel: str = "ode") -> EvalResult:
+        out_dir: str = "runs/eval", kernel: str = "ode", negative_model: str | None = None) -> EvalResult:
     """``vgrl eval``: load a pipeline directory, score it, print the table, write eval.json and a grid.
 
     Sampling settings default to the ones a vgrl-trained model records in its ``vgrl.json``
-    (``eval_steps``, ``eval_guidance``), else 10 steps and guidance 1.
+    (``eval_steps``, ``eval_guidance``), else 10 steps and guidance 1. ``negative_model``: a pipeline
+    directory whose denoiser replaces the model's in the unconditional CFG branch (Diffusion-NPO,
+    :class:`vgrl.algorithms.npo.NegativeGuidance`).
     """
     import json
     from pathlib import Path
@@ -151,6 +164,13 @@ def run(model: str, world_name: str = "shapes", split: str = "heldout", *, per_c
     num_steps = num_steps or meta.get("eval_steps", 10)
     guidance_scale = guidance_scale or meta.get("eval_guidance", 1.0)
     backbone = backbones.load(model)
+    if negative_model is not None:
+        from vgrl.algorithms.npo import NegativeGuidance
+
+        if guidance_scale <= 1:
+            raise ValueError(f"--negative-model acts through classifier-free guidance; give --guidance > 1 "
+                             f"(got {guidance_scale})")
+        backbone = NegativeGuidance(backbone, backbones.load(negative_model))
     world = registry.resolve("worlds", world_name)(resolution=meta.get("resolution", 32))
     if split not in world.splits:
         raise ValueError(f"unknown split {split!r} for world {world_name!r}; valid: {', '.join(world.splits)}")
@@ -159,7 +179,7 @@ def run(model: str, world_name: str = "shapes", split: str = "heldout", *, per_c
                       keep_images=64)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"model": str(model), "world": world_name, "split": split, "num_steps": num_steps,
+    record = {"model": str(model), "negative_model": negative_model, "world": world_name, "split": split, "num_steps": num_steps,
               "guidance_scale": guidance_scale, "kernel": kernel, "seed": seed, **result.as_dict()}
     (out / "eval.json").write_text(json.dumps(record, indent=2))
     if result.images is not None:

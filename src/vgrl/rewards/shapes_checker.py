@@ -29,6 +29,8 @@ class ShapesCheckerOptions(RewardOptions):
     score: Literal["partial", "pass"] = Field(
         "partial", description="'partial': mean fact score in [0, 1]; 'pass': 1 if every fact holds else 0")
     resolution: int = Field(32, ge=32, description="image side in pixels the checker is tuned for")
+    dense: bool = Field(False, description="also return the per-pixel credit map (B, H, W) in `dense`: "
+                                           "matched objects' fact scores, 0 on wrong objects, the score elsewhere")
 
 
 class ShapesCheckerReward(Reward):
@@ -37,6 +39,10 @@ class ShapesCheckerReward(Reward):
     ``metadata[i]`` must be the :class:`PromptMeta` of sample ``i`` (``world.prompts()[k].meta``);
     images must be ``resolution x resolution``. ``details``: ``passed`` ``(B,)`` bool, ``partial``
     ``(B,)`` float32 (the partial credit, whatever ``score`` says) and ``category`` (list of str).
+
+    With ``dense=True`` the output's ``dense`` is the ``(B, H, W)`` per-pixel credit map of
+    :meth:`vgrl.worlds._shapes_checker.ShapesChecker.credit_map` and the instance's ``granularity``
+    is ``"dense"``: algorithms with a ``dense_credit`` option route their loss by it.
     """
 
     name = "shapes_checker"
@@ -47,6 +53,7 @@ class ShapesCheckerReward(Reward):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.world = ShapesWorld(self.options.resolution)
+        self.granularity = "dense" if self.options.dense else "pointwise"
 
     def compute(self, images: Tensor, prompts: list[str], metadata: list[Any]) -> RewardOutput:
         r = self.options.resolution
@@ -58,10 +65,16 @@ class ShapesCheckerReward(Reward):
                 raise RewardInputError(
                     f"metadata[{i}] must be a shapes-world PromptMeta (e.g. world.prompts()[k].meta), "
                     f"got {type(m).__name__}")
-        res = self.world.check(images, metadata)
+        dense = None
+        if self.options.dense:
+            res, dense = self.world.check_dense(images, metadata)
+            dense = dense.to(images.device)
+        else:
+            res = self.world.check(images, metadata)
         scores = res.score if self.options.score == "partial" else res.passed.to(torch.float32)
         details = {"passed": res.passed, "partial": res.score, "category": [m.category for m in metadata]}
-        return RewardOutput(scores=scores.to(device=images.device, dtype=torch.float32), details=details)
+        return RewardOutput(scores=scores.to(device=images.device, dtype=torch.float32), details=details,
+                            dense=dense)
 
 
 COMPONENT = ShapesCheckerReward

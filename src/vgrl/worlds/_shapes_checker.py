@@ -57,6 +57,7 @@ class Detections:
     cy: np.ndarray      # (n,) float64 centroid y (row), pixels
     box: np.ndarray     # (n, 4) int64 x0, y0, x1, y1 (inclusive)
     dist: np.ndarray    # (n,) float64 distance to the nearest shape template
+    pixels: np.ndarray | None = None  # (B, H, W) int64 kept-component index of each pixel, -1 elsewhere
 
 
 @dataclass
@@ -161,10 +162,13 @@ class ShapesChecker:
         inv = (np.cumsum(keep) - 1)[inv[sel]]  # renumber kept components 0..n-1
         n = len(roots)
         y, xx = (pix // w_) % h_, pix % w_
+        pixels = np.full(b_ * h_ * w_, -1, np.int64)
+        pixels[pix] = inv
+        pixels = pixels.reshape(b_, h_, w_)
         if n == 0:
             e = np.zeros(0, np.int64)
             return Detections(e, e, e, e, e.astype(float), e.astype(float), np.zeros((0, 4), np.int64),
-                              e.astype(float))
+                              e.astype(float), pixels)
         order = np.argsort(inv, kind="stable")
         starts = np.concatenate([[0], np.cumsum(area)[:-1]])
         x0 = np.minimum.reduceat(xx[order], starts)
@@ -192,7 +196,7 @@ class ShapesChecker:
         shape = np.where(unknown, -1, shape)
         colour = cls.reshape(-1)[roots - 1] - 1
         return Detections((roots - 1) // (h_ * w_), colour, shape, area, cx, cy,
-                          np.stack([x0, y0, x1, y1], 1), dist)
+                          np.stack([x0, y0, x1, y1], 1), dist, pixels)
 
     # ------------------------------------------------------------------ rules
     def check(self, images: Tensor | np.ndarray, metas: Sequence[Any]) -> CheckResult:
@@ -224,6 +228,33 @@ class ShapesChecker:
                             "detections": dets})
         return CheckResult(torch.tensor(passed, dtype=torch.bool),
                            torch.tensor(scores, dtype=torch.float32), details)
+
+    def credit_map(self, det: Detections, result: CheckResult) -> Tensor:
+        """``(B, H, W)`` float32 per-pixel credit in [0, 1] (dense reward, HALO / PatchDPO style).
+
+        A pixel of a detected component that matches a prompt object (its shape, and its colour when
+        the prompt names one) takes that object's fact score, averaged with the relation's verdict
+        for ``position`` prompts; a pixel of any other component (unknown shape, wrong shape or
+        colour) takes 0 — the defect; background pixels take the sample's partial score (no local
+        evidence either way). So a map's deviation from the score marks where the sample is right
+        or wrong.
+        """
+        if det.pixels is None:
+            raise ValueError("credit_map needs detections from detect() (with the pixel map)")
+        b_ = det.pixels.shape[0]
+        credit = np.zeros(len(det.image), np.float32)  # per component; unmatched stay 0
+        for i in range(b_):
+            info = result.details[i]
+            rel = info["relation"]
+            lo = int(np.searchsorted(det.image, i))
+            for k, d in enumerate(info["detections"]):
+                for obj in info["objects"]:
+                    if d["shape"] == obj["shape"] and obj["colour"] in (None, d["colour"]):
+                        c = obj["score"] if rel is None else 0.5 * (obj["score"] + float(rel["ok"]))
+                        credit[lo + k] = max(credit[lo + k], c)
+        scores = result.score.numpy()[:, None, None]
+        out = np.where(det.pixels >= 0, credit[np.maximum(det.pixels, 0)], scores)
+        return torch.from_numpy(out.astype(np.float32))
 
     def _det_dict(self, det: Detections, j: int) -> dict[str, Any]:
         s = int(det.shape[j])

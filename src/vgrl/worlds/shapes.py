@@ -296,5 +296,14 @@ class ShapesWorld:
         """Judge ``(B, 3, H, W)`` images in [0, 1] against their prompts (see ``CheckResult``)."""
         return self.checker.check(images, [_meta(m) for m in metas])
 
+    def check_dense(self, images: Tensor, metas: Sequence[MetaLike]) -> tuple[CheckResult, Tensor]:
+        """:meth:`check` plus the ``(B, H, W)`` per-pixel credit map (``ShapesChecker.credit_map``)."""
+        metas = [_meta(m) for m in metas]
+        if len(metas) != len(images):
+            raise ValueError(f"{len(images)} images but {len(metas)} prompt metas")
+        det = self.checker.detect(images)
+        result = self.checker.judge(det, metas)
+        return result, self.checker.credit_map(det, result)
+
 
 COMPONENT = ShapesWorld

@@ -1,0 +1,321 @@
+"""Preference datasets on disk: format, reader, validator and writer; saved rollouts and pairs built from them.
+
+Format (docs/preferences.md). A dataset is a directory holding ``pairs.jsonl`` (the *index*) and image
+files; each line of the index is one JSON object, one preference pair::
+
+    {"id": "p0001", "prompt": "a red circle", "chosen": "images/p0001_a.png", "rejected": "images/p0001_b.png",
+     "metadata": {...}, "chosen_score": 0.9, "rejected_score": 0.2}
+
+``prompt``, ``chosen`` and ``rejected`` are required; ``chosen`` is the preferred image. Image paths are
+relative to the index's directory (no absolute paths, no ``..``), any format Pillow reads. ``id``
+(unique), ``metadata`` (any JSON) and the finite numbers ``chosen_score`` / ``rejected_score`` are
+optional; any other key is kept as is, so reading and writing a dataset loses nothing. Only jsonl is
+read (parquet would need pyarrow, which vgrl does not depend on).
+
+Validation collects every bad record and raises one :class:`PreferenceDataError` naming each by line
+number and id: invalid JSON or fields, an empty prompt, a missing or unreadable (corrupt) image, chosen
+and rejected images of different sizes, the same file as chosen and rejected, a repeated id, and a
+duplicate pair (same prompt and the same chosen and rejected image *contents* as an earlier line).
+
+Saved rollouts (``log.save_rollouts: true``): ``RUN/rollouts/iter_XXXXX/index.jsonl`` with one line per
+sample (``image``, ``prompt``, ``metadata``, ``reward``, ``group``, ``prompt_id``, ``seed``) and the
+decoded images as PNG. :func:`pairs_from_run` (``vgrl pairs``) pairs the best and the worst sample of
+each group whose reward margin is at least ``margin`` (and positive).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+INDEX = "pairs.jsonl"
+ROLLOUT_INDEX = "index.jsonl"
+REQUIRED = ("prompt", "chosen", "rejected")
+SHOWN = 20  # problems listed in one error message
+
+
+class PreferenceDataError(ValueError):
+    """Bad records of a preference dataset; ``problems`` are ``"line N (id 'x'): what"`` strings."""
+
+    def __init__(self, index: Path, problems: list[str]) -> None:
+        self.index, self.problems = index, problems
+        more = f"\n  ... and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
+        super().__init__(f"{index}: {len(problems)} bad record(s):\n  " + "\n  ".join(problems[:SHOWN]) + more)
+
+
+@dataclass
+class PreferenceRecord:
+    """One pair. ``raw`` is the index line's object exactly as read (what :func:`write_index` writes)."""
+
+    line: int
+    raw: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.raw.get("id", f"line{self.line}"))
+
+    @property
+    def prompt(self) -> str:
+        return self.raw["prompt"]
+
+    @property
+    def chosen(self) -> str:
+        return self.raw["chosen"]
+
+    @property
+    def rejected(self) -> str:
+        return self.raw["rejected"]
+
+    @property
+    def metadata(self) -> Any:
+        return self.raw.get("metadata")
+
+    @property
+    def margin(self) -> float:
+        """``chosen_score - rejected_score``, or NaN without both scores."""
+        a, b = self.raw.get("chosen_score"), self.raw.get("rejected_score")
+        return math.nan if a is None or b is None else float(a) - float(b)
+
+    def name(self) -> str:
+        return f"line {self.line}" + (f" (id {self.raw['id']!r})" if "id" in self.raw else "")
+
+
+@dataclass
+class PreferenceDataset:
+    """A validated dataset: its index, records and the common image size ``(width, height)`` of each pair."""
+
+    index: Path
+    records: list[PreferenceRecord]
+    sizes: list[tuple[int, int]]
+    _cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def root(self) -> Path:
+        return self.index.parent
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PreferenceDataset:
+        """Read and validate ``path`` (an index file or a directory holding ``pairs.jsonl``)."""
+        index = _index_path(path)
+        problems: list[str] = []
+        records, sizes, seen_ids, seen_pairs = [], [], {}, {}
+        for n, text in enumerate(index.read_text(encoding="utf-8").splitlines(), start=1):
+            if not text.strip():
+                continue
+            rec, errors = _parse(n, text)
+            if rec is not None:
+                size, image_errors, key = _check_images(index.parent, rec)
+                errors += image_errors
+                if "id" in rec.raw:
+                    if rec.raw["id"] in seen_ids:
+                        errors.append(f"id {rec.raw['id']!r} already used on line {seen_ids[rec.raw['id']]}")
+                    seen_ids.setdefault(rec.raw["id"], n)
+                if key is not None:
+                    if key in seen_pairs:
+                        errors.append(f"duplicate pair: the same prompt, chosen and rejected images as line "
+                                      f"{seen_pairs[key]}")
+                    seen_pairs.setdefault(key, n)
+            name = rec.name() if rec is not None else f"line {n}"
+            problems += [f"{name}: {e}" for e in errors]
+            if rec is not None and not errors:
+                records.append(rec)
+                sizes.append(size)
+        if problems:
+            raise PreferenceDataError(index, problems)
+        if not records:
+            raise PreferenceDataError(index, ["no records: the index holds no pair"])
+        return cls(index, records, sizes)
+
+    def images(self, idx: list[int]) -> tuple[Any, Any]:
+        """Chosen and rejected images of records ``idx``: two ``(n, 3, H, W)`` float32 tensors in [0, 1]."""
+        import torch
+
+        def stack(key: str):
+            arrays = [self._pixels(getattr(self.records[i], key)) for i in idx]
+            return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(torch.float32) / 255.0
+
+        return stack("chosen"), stack("rejected")
+
+    def _pixels(self, rel: str) -> np.ndarray:
+        if rel not in self._cache:
+            with Image.open(self.root / rel) as im:
+                self._cache[rel] = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        return self._cache[rel]
+
+    def order(self, iteration: int, n: int, seed: int) -> list[int]:
+        """Records of training iteration ``iteration`` (``n`` per iteration): epochs of seeded permutations,
+        a pure function of ``(iteration, n, seed)`` so a resumed run reads the same pairs."""
+        import torch
+
+        out, start = [], iteration * n
+        while len(out) < n:
+            epoch, pos = divmod(start + len(out), len(self))
+            perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+            out += perm[pos: pos + n - len(out)].tolist()
+        return out
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Copy the dataset (index lines as read, image files byte for byte) to ``out_dir``; returns the index."""
+        out = Path(out_dir)
+        for rec in self.records:
+            for rel in (rec.chosen, rec.rejected):
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(self.root / rel, out / rel)
+        return write_index(out / INDEX, [r.raw for r in self.records])
+
+
+def _index_path(path: str | Path) -> Path:
+    p = Path(path)
+    index = p / INDEX if p.is_dir() else p
+    if not index.is_file():
+        raise FileNotFoundError(f"{path}: no preference index; expected a {INDEX} file or a directory holding one")
+    return index
+
+
+def _parse(n: int, text: str) -> tuple[PreferenceRecord | None, list[str]]:
+    """The record of index line ``n`` and its field errors (``None`` when the line is not a JSON object)."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        return None, [f"not valid JSON ({e.msg} at column {e.colno})"]
+    if not isinstance(raw, dict):
+        return None, [f"expected a JSON object, got {type(raw).__name__}"]
+    errors = [f"missing required field {k!r}" for k in REQUIRED if k not in raw]
+    if "id" in raw and not (isinstance(raw["id"], (str, int)) and not isinstance(raw["id"], bool)):
+        errors.append(f"id must be a string or integer, got {raw['id']!r}")
+    if "prompt" in raw and (not isinstance(raw["prompt"], str) or not raw["prompt"].strip()):
+        errors.append("empty prompt" if isinstance(raw["prompt"], str) else f"prompt must be a string, got "
+                      f"{type(raw['prompt']).__name__}")
+    for key in ("chosen", "rejected"):
+        if key in raw:
+            errors += [f"{key}: {e}" for e in _path_errors(raw[key])]
+    for key in ("chosen_score", "rejected_score"):
+        v = raw.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            errors.append(f"{key} must be a finite number or null, got {v!r}")
+    if not errors and PurePosixPath(raw["chosen"]) == PurePosixPath(raw["rejected"]):
+        errors.append(f"chosen and rejected are the same file {raw['chosen']!r}")
+    return PreferenceRecord(n, raw), errors
+
+
+def _path_errors(value: Any) -> list[str]:
+    if not isinstance(value, str) or not value.strip():
+        return [f"expected an image path relative to the index, got {value!r}"]
+    p = PurePosixPath(value)
+    if p.is_absolute() or ".." in p.parts:
+        return [f"{value!r} must be relative to the index's directory (no absolute path, no '..')"]
+    return []
+
+
+def _check_images(root: Path, rec: PreferenceRecord) -> tuple[tuple[int, int] | None, list[str], tuple | None]:
+    """Open both images fully (a truncated or corrupt file fails); their common size, errors, and the
+    duplicate key ``(prompt, sha256 chosen, sha256 rejected)``. Skipped when the paths are invalid."""
+    if any(k not in rec.raw or _path_errors(rec.raw[k]) for k in ("chosen", "rejected")):
+        return None, [], None
+    sizes, digests, errors = {}, {}, []
+    for key in ("chosen", "rejected"):
+        path = root / rec.raw[key]
+        if not path.is_file():
+            errors.append(f"{key} image {rec.raw[key]!r} not found (looked for {path})")
+            continue
+        data = path.read_bytes()
+        try:
+            with Image.open(path) as im:
+                im.load()
+                sizes[key] = im.size
+        except Exception as e:  # Pillow raises many types for bad files  # noqa: BLE001
+            errors.append(f"{key} image {rec.raw[key]!r} is not a readable image ({type(e).__name__}: {e})")
+            continue
+        digests[key] = hashlib.sha256(data).hexdigest()
+    if len(sizes) == 2 and sizes["chosen"] != sizes["rejected"]:
+        (cw, ch), (rw, rh) = sizes["chosen"], sizes["rejected"]
+        errors.append(f"unequal image sizes: chosen is {cw}x{ch}, rejected is {rw}x{rh}")
+    key = (rec.raw.get("prompt"), digests["chosen"], digests["rejected"]) if len(digests) == 2 else None
+    return sizes.get("chosen"), errors, key
+
+
+def write_index(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Write ``rows`` as a jsonl index (one compact JSON object per line, UTF-8)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------------------------- saved rollouts
+
+
+def jsonable(meta: Any) -> Any:
+    """Prompt metadata as JSON: dataclasses (the shapes world's ``PromptMeta``) become dicts."""
+    if dataclasses.is_dataclass(meta) and not isinstance(meta, type):
+        return dataclasses.asdict(meta)
+    return meta
+
+
+def save_rollouts(out_dir: str | Path, images, prompts: list[str], metadata: list[Any], rewards, group_ids,
+                  prompt_ids: list[int], seeds) -> Path:
+    """Write one iteration's decoded images ``(B, 3, H, W)`` in [0, 1] as PNG and its ``index.jsonl``."""
+    import torch
+
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    rows = []
+    for i in range(len(prompts)):
+        rel = f"images/{i:04d}.png"
+        Image.fromarray(pixels[i].permute(1, 2, 0).cpu().numpy()).save(out / rel)
+        rows.append({"sample": i, "image": rel, "prompt": prompts[i], "metadata": jsonable(metadata[i]),
+                     "reward": float(rewards[i]), "group": int(group_ids[i]), "prompt_id": int(prompt_ids[i]),
+                     "seed": int(seeds[i])})
+    return write_index(out / ROLLOUT_INDEX, rows)
+
+
+def pairs_from_run(run_dir: str | Path, out_dir: str | Path, margin: float = 0.0) -> PreferenceDataset:
+    """Build a dataset from ``RUN/rollouts``: per iteration and group, the best sample (chosen) against the
+    worst (rejected), kept when ``best - worst > 0`` and ``>= margin`` (ties: the earlier sample)."""
+    rollouts = Path(run_dir) / "rollouts"
+    iterations = sorted(rollouts.glob("iter_*/" + ROLLOUT_INDEX)) if rollouts.is_dir() else []
+    if not iterations:
+        raise FileNotFoundError(f"{rollouts}: no saved rollouts; train with log.save_rollouts=true")
+    out = Path(out_dir)
+    if (out / INDEX).exists():
+        raise FileExistsError(f"{out / INDEX} exists; choose another --out (nothing was overwritten)")
+    rows = []
+    for index in iterations:
+        it = index.parent.name
+        samples = [json.loads(line) for line in index.read_text(encoding="utf-8").splitlines() if line.strip()]
+        for group in sorted({s["group"] for s in samples}):
+            members = [s for s in samples if s["group"] == group]
+            best = max(members, key=lambda s: s["reward"])  # max / min keep the first of ties
+            worst = min(members, key=lambda s: s["reward"])
+            gap = best["reward"] - worst["reward"]
+            if not (gap > 0 and gap >= margin):
+                continue
+            pair = {}
+            for role, s in (("chosen", best), ("rejected", worst)):
+                rel = f"images/{it}_{s['sample']:04d}.png"
+                (out / "images").mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(index.parent / s["image"], out / rel)
+                pair[role] = rel
+            rows.append({"id": f"{it}-group{group:03d}", "prompt": best["prompt"], "metadata": best["metadata"],
+                         "chosen": pair["chosen"], "rejected": pair["rejected"], "chosen_score": best["reward"],
+                         "rejected_score": worst["reward"],
+                         "source": {"run": str(run_dir), "iteration": it, "group": group,
+                                    "prompt_id": best["prompt_id"], "chosen_seed": best["seed"],
+                                    "rejected_seed": worst["seed"]}})
+    if not rows:
+        raise ValueError(f"{rollouts}: no group has a reward margin > 0 and >= {margin}; lower --margin")
+    write_index(out / INDEX, rows)
+    return PreferenceDataset.load(out)
