@@ -44,7 +44,8 @@ def main() -> int:
     procs = []
     for cfg, run_dir in runs:
         cmd = [sys.executable, "-m", "vgrl", "train", str(cfg), "--run-dir", str(run_dir)]
-        log = open(run_dir.with_suffix(".log"), "w") if run_dir.parent.mkdir(parents=True, exist_ok=True) is None else None
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        log = open(run_dir.with_suffix(".log"), "w")
         procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
         if args.sequential:
             procs[-1].wait()
