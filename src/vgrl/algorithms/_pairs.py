@@ -27,6 +27,7 @@ from pydantic import Field
 from torch import Tensor
 
 from vgrl.algorithms._forward import NoisingOptions, unit_seed
+from vgrl.algorithms.base import Algorithm, Needs
 from vgrl.types import Batch, Cond, RewardOutput, Trajectory
 
 
@@ -167,3 +168,30 @@ def unconditional(cond: Cond) -> Cond:
         raise ValueError("the unconditional branch needs the empty-prompt embedding: roll out with "
                          "sampling.guidance_scale > 1 (online), or train offline (always encoded)")
     return Cond(embeds=cond.uncond_embeds, pooled=cond.uncond_pooled)
+
+
+class PairwiseAlgorithm(Algorithm):
+    """Abstract: what every pairwise preference algorithm shares (``diffusion_dpo``, ``npo``) — a frozen
+    reference, online pairs from the rollout's prompt groups (:func:`online_batch`) or offline pairs from
+    the trainer, and ``num_timesteps`` loss units of shared ``(t, eps)`` per pair. Subclasses write ``loss``."""
+
+    def __init__(self, options: PairOptions, reward=None) -> None:
+        super().__init__(options, reward)
+        self._stats: dict[str, float] = {}
+
+    @property
+    def needs(self) -> Needs:
+        return Needs(reference=True, groups=self.options.mode == "online")
+
+    def prepare(self, traj: Trajectory, reward: RewardOutput, group_ids: Tensor,
+                prompts: list[str] | None = None, metadata: list[Any] | None = None) -> Batch:
+        """A rollout -> a paired batch: one row per kept ``(winner, loser)`` pair of a prompt group
+        (winner = higher reward; a loss may swap them)."""
+        if self.options.mode != "online":
+            raise ValueError(f"{self.name} with mode 'offline' trains on data.preferences, not on rollouts")
+        batch, self._stats = online_batch(traj, reward, group_ids, self.options, prompts, metadata)
+        return batch
+
+    def units(self, batch: Batch) -> list[int]:
+        """``num_timesteps`` draws of ``(t, eps)`` per pair."""
+        return list(range(self.options.num_timesteps))

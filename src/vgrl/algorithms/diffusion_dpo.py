@@ -32,16 +32,13 @@ comparison concentrates on the pixels where either sample has local evidence.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from vgrl.algorithms._forward import denoising_error, draw, noise
-from vgrl.algorithms._pairs import PairOptions, online_batch
-from vgrl.algorithms.base import Algorithm, Needs
-from vgrl.types import Batch, Cond, RewardOutput, Trajectory
+from vgrl.algorithms._pairs import PairOptions, PairwiseAlgorithm
+from vgrl.types import Batch, Cond, Trajectory
 
 
 class DPOOptions(PairOptions):
@@ -114,31 +111,11 @@ def preference_loss(backbone, ref, batch: Batch, unit: int, options: PairOptions
     return loss, {prefix + k: v for k, v in metrics.items()}
 
 
-class DiffusionDPO(Algorithm):
+class DiffusionDPO(PairwiseAlgorithm):
     """Diffusion-DPO (arXiv 2311.12908), online or offline; the maths is in the module docstring."""
 
     name = "diffusion_dpo"
     Options = DPOOptions
-
-    def __init__(self, options: DPOOptions, reward=None) -> None:
-        super().__init__(options, reward)
-        self._stats: dict[str, float] = {}
-
-    @property
-    def needs(self) -> Needs:
-        return Needs(reference=True, groups=self.options.mode == "online")
-
-    def prepare(self, traj: Trajectory, reward: RewardOutput, group_ids: Tensor,
-                prompts: list[str] | None = None, metadata: list[Any] | None = None) -> Batch:
-        """A rollout -> a paired batch: one row per kept ``(winner, loser)`` pair of a prompt group."""
-        if self.options.mode != "online":
-            raise ValueError("diffusion_dpo with mode 'offline' trains on data.preferences, not on rollouts")
-        batch, self._stats = online_batch(traj, reward, group_ids, self.options, prompts, metadata)
-        return batch
-
-    def units(self, batch: Batch) -> list[int]:
-        """``num_timesteps`` draws of ``(t, eps)`` per pair."""
-        return list(range(self.options.num_timesteps))
 
     def loss(self, backbone, kernel, batch: Batch, step_idx: int, ref=None) -> tuple[Tensor, dict[str, float]]:
         """The DPO loss of a minibatch of pairs at draw ``step_idx``; ``kernel`` is unused (no log-probs)."""

@@ -29,15 +29,14 @@ can be given as ``--model``, so a DPO-trained model with an NPO negative model w
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 from torch import Tensor
 
-from vgrl.algorithms._pairs import PairOptions, online_batch, unconditional
-from vgrl.algorithms.base import Algorithm, Needs
+from vgrl.algorithms._pairs import PairOptions, PairwiseAlgorithm, unconditional
 from vgrl.algorithms.diffusion_dpo import preference_loss
-from vgrl.types import Batch, Cond, RewardOutput, Trajectory
+from vgrl.types import Batch, Cond
 
 
 class NPOOptions(PairOptions):
@@ -46,31 +45,11 @@ class NPOOptions(PairOptions):
                             "(CFG's unconditional branch; online needs sampling.guidance_scale > 1), or both")
 
 
-class NPO(Algorithm):
+class NPO(PairwiseAlgorithm):
     """Diffusion-NPO: Diffusion-DPO with the preference inverted; the maths is in the module docstring."""
 
     name = "npo"
     Options = NPOOptions
-
-    def __init__(self, options: NPOOptions, reward=None) -> None:
-        super().__init__(options, reward)
-        self._stats: dict[str, float] = {}
-
-    @property
-    def needs(self) -> Needs:
-        return Needs(reference=True, groups=self.options.mode == "online")
-
-    def prepare(self, traj: Trajectory, reward: RewardOutput, group_ids: Tensor,
-                prompts: list[str] | None = None, metadata: list[Any] | None = None) -> Batch:
-        """A rollout -> a paired batch (winner = higher reward, as for Diffusion-DPO; the loss swaps them)."""
-        if self.options.mode != "online":
-            raise ValueError("npo with mode 'offline' trains on data.preferences, not on rollouts")
-        batch, self._stats = online_batch(traj, reward, group_ids, self.options, prompts, metadata)
-        return batch
-
-    def units(self, batch: Batch) -> list[int]:
-        """``num_timesteps`` draws of ``(t, eps)`` per pair."""
-        return list(range(self.options.num_timesteps))
 
     def loss(self, backbone, kernel, batch: Batch, step_idx: int, ref=None) -> tuple[Tensor, dict[str, float]]:
         """The inverted DPO loss under the chosen ``branch``(es) at draw ``step_idx``; ``kernel`` is unused."""
