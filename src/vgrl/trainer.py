@@ -246,12 +246,14 @@ def _component(kind: str, field: str, section, **runtime):
 
     cls = registry.resolve(kind, section.name)
     try:
+        if kind == "rewards":
+            return cls.from_config(section.options())
         options = cls.Options(**section.options())
     except ValidationError as e:
         lines = [f"{field}.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
         raise TrainingError(f"invalid {field} options for {section.name!r}:\n  " + "\n  ".join(lines)) from None
-    if kind == "rewards":
-        return cls(**options.model_dump())
+    except (TypeError, ValueError, LookupError) as e:
+        raise TrainingError(f"invalid {field} options for {section.name!r}: {e}") from None
     return cls(options, **runtime)
 
 
@@ -294,7 +296,7 @@ def iterate(run: Run, counters: Counters) -> tuple[dict, Tensor | None]:
         return _skip(run, counters, row, "non-finite reward", [ids[i // g] for i in e.samples]), images
     scores = run.dist.gather(reward.scores.detach())
     row.update(reward_mean=scores.mean().item(), reward_std=scores.std(unbiased=False).item(),
-               seconds_rollout=time.perf_counter() - t0)
+               seconds_rollout=time.perf_counter() - t0, **_detail_means(reward.details, len(images)))
     if run.rollout_dir is not None:
         from vgrl.data.preferences import save_rollouts
 
@@ -330,6 +332,17 @@ def iterate_pairs(run: Run, counters: Counters) -> dict:
     row.update(update(run, counters, batch))
     row["seconds_update"] = time.perf_counter() - t1
     return row
+
+
+def _detail_means(details: dict, batch: int) -> dict[str, float]:
+    """``reward/<key>``: the mean of every per-sample numeric detail of the reward (this process's samples) —
+    a composition's terms, a win rate's inner scores, the checker's pass rate."""
+    out = {}
+    for key, value in details.items():
+        if isinstance(value, Tensor) and value.shape == (batch,) and (value.is_floating_point()
+                                                                      or value.dtype == torch.bool):
+            out[f"reward/{key}"] = value.detach().float().mean().item()
+    return out
 
 
 def _prepare(run: Run, traj, reward, scores: Tensor, draw, groups: slice) -> Batch:

@@ -197,3 +197,19 @@ def test_exported_pipeline_predicts_like_the_trained_model(tmp_path):
     base = rollout(backbones.build(cfg.backbone), ode, cond, 4, StepPlan.ode(4), seeds=seeds).x0
     assert (trained - base).abs().max() > 1e-4            # training changed the samples
     assert (trained - exported).abs().max() <= 1e-5      # the export is that trained model
+
+
+def test_compose_reward_from_yaml_logs_every_term(tmp_path):
+    reward = {"name": "compose", "normalise": "before",
+              "terms": [{"name": "shapes_checker"}, {"name": "jpeg", "weight": 0.5, "label": "size"}]}
+    cfg = config(tmp_path, reward=reward, train={"iterations": 1}, eval={"before": False, "every": None})
+    train(cfg, tmp_path / "run")
+    row = rows(tmp_path / "run", "train")[0]
+    assert {"reward/shapes_checker", "reward/size", "reward/size/size_kb", "reward/total"} <= set(row)
+    assert row["reward/size"] == pytest.approx(-row["reward/size/size_kb"])   # jpeg compressibility = -size
+    assert row["reward_mean"] == pytest.approx(row["reward/total"], abs=1e-6)  # normalise: before -> raw total
+    with pytest.raises(TrainingError, match="reward options for 'compose': compose needs 'terms'"):
+        train(config(tmp_path, reward={"name": "compose"}), tmp_path / "bad")
+    with pytest.raises(TrainingError, match=r"terms\[1\]"):
+        train(config(tmp_path, reward={"name": "compose", "terms": [{"name": "jpeg"}, {"name": "jpg"}]}),
+              tmp_path / "bad2")

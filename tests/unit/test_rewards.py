@@ -55,7 +55,7 @@ def world() -> ShapesWorld:
 def test_registry_lists_exactly_the_builtin_rewards():
     assert rewards.available() == registry.available("rewards") == [
         "aesthetic", "classifier", "clip_score", "compose", "diversity", "hpsv2", "image_reward", "jpeg",
-        "learned_bt", "ocr", "pickscore", "remote", "shapes_checker", "shapes_critic"]
+        "learned_bt", "ocr", "pickscore", "remote", "shapes_checker", "shapes_critic", "win_rate"]
     for name in rewards.available():
         cls = registry.resolve("rewards", name)
         assert cls.name == name and isinstance(cls.differentiable, bool)
@@ -90,6 +90,8 @@ def _built_instances() -> list[Reward]:
         assert bool(required) == (name in NEEDS_RESOURCE), (name, required)
         if name == "compose":
             out.append(rewards.get("compose", terms=[(rewards.get("jpeg"), 1.0, "jpeg")], normalise="before"))
+        elif name == "win_rate":
+            out.append(rewards.get("win_rate", inner={"name": "jpeg"}))
         elif name == "classifier":
             out.append(rewards.get("classifier", class_index=0))
         elif name not in NEEDS_RESOURCE:

@@ -75,6 +75,12 @@ class Reward(ABC):
     def __init__(self, **options: Any) -> None:
         self.options = type(self).Options(**options)
 
+    @classmethod
+    def from_config(cls, options: dict[str, Any]) -> "Reward":
+        """Build from a config section's options (``reward: {name: ..., **options}``); rewards that take
+        built objects (``compose``, ``win_rate``) override this to build them from their specs."""
+        return cls(**options)
+
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.model_dump().items())
         return f"{type(self).__name__}({opts})"

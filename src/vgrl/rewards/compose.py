@@ -87,6 +87,42 @@ def _check_terms(terms: Any) -> list[Term]:
     return out
 
 
+def reward_from_spec(item: Any, where: str, keys: Sequence[str] = ("name", "options")) -> Reward:
+    """Build one reward from config data ``{"name": NAME, "options": {...}}``, errors naming ``where``.
+
+    ``name`` (required): a reward registry key or ``"pkg.mod:Class"``; ``options`` (default ``{}``):
+    validated by that reward's ``Options``. ``keys`` are the mapping's valid keys (a caller may allow
+    more, e.g. a composition term's ``weight`` and ``label``, and reads those itself). ``compose`` cannot
+    be built this way (it needs built terms). Errors read ``terms[1].options.quality: ...``.
+    """
+    if not isinstance(item, Mapping):
+        raise TypeError(f"{where} must be a mapping with keys {', '.join(keys)}, got {type(item).__name__}")
+    unknown = sorted(set(item) - set(keys), key=str)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; valid: {', '.join(keys)}")
+    if "name" not in item:
+        raise ValueError(f"{where}.name is required; valid: {', '.join(registry.available('rewards'))}")
+    name = item["name"]
+    if not isinstance(name, str):
+        raise TypeError(f"{where}.name must be a string, got {type(name).__name__}")
+    if name == Compose.name:
+        raise ValueError(f"{where}.name: 'compose' cannot be nested through a spec; "
+                         "build the inner Compose and pass it in terms=")
+    try:
+        reward_cls = registry.resolve("rewards", name)
+    except registry.RegistryError as e:
+        raise registry.RegistryError(f"{where}.name: {e}") from None
+    opts = item.get("options", {})
+    if not isinstance(opts, Mapping):
+        raise TypeError(f"{where}.options must be a mapping, got {type(opts).__name__}")
+    try:
+        return reward_cls(**opts)
+    except ValidationError as e:
+        problems = "; ".join(f"{where}.options.{'.'.join(map(str, err['loc']))}: {err['msg']}"
+                             for err in e.errors())
+        raise ValueError(f"invalid options for reward {name!r}: {problems}") from e
+
+
 class Compose(Reward):
     """``sum_k w_k r_k`` (optionally standardised; see the module docstring for the maths).
 
@@ -121,6 +157,14 @@ class Compose(Reward):
         return f"Compose([{terms}], normalise={self.options.normalise!r})"
 
     @classmethod
+    def from_config(cls, options: dict[str, Any]) -> Compose:
+        """``reward: {name: compose, terms: [{name, weight, options, label}, ...], normalise: ..., eps: ...}``."""
+        options = dict(options)
+        if "terms" not in options:
+            raise ValueError("compose needs 'terms': a list of {name, weight, options, label} (docs/rewards/compose.md)")
+        return cls.from_spec(options.pop("terms"), **options)
+
+    @classmethod
     def from_spec(cls, spec: Sequence[Mapping[str, Any]], **options: Any) -> Compose:
         """Build from config-like data: ``[{"name": "jpeg", "weight": 0.5, "options": {...}}, ...]``.
 
@@ -133,36 +177,8 @@ class Compose(Reward):
             raise TypeError(f"terms must be a non-empty list of mappings with keys {', '.join(_SPEC_KEYS)}")
         terms = []
         for i, item in enumerate(spec):
-            where = f"terms[{i}]"
-            if not isinstance(item, Mapping):
-                raise TypeError(f"{where} must be a mapping with keys {', '.join(_SPEC_KEYS)}, "
-                                f"got {type(item).__name__}")
-            unknown = sorted(set(item) - set(_SPEC_KEYS), key=str)
-            if unknown:
-                raise ValueError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; "
-                                 f"valid: {', '.join(_SPEC_KEYS)}")
-            if "name" not in item:
-                raise ValueError(f"{where}.name is required; valid: {', '.join(registry.available('rewards'))}")
-            name = item["name"]
-            if not isinstance(name, str):
-                raise TypeError(f"{where}.name must be a string, got {type(name).__name__}")
-            if name == cls.name:
-                raise ValueError(f"{where}.name: 'compose' cannot be nested through from_spec; "
-                                 "build the inner Compose and pass it in terms=")
-            try:
-                reward_cls = registry.resolve("rewards", name)
-            except registry.RegistryError as e:
-                raise registry.RegistryError(f"{where}.name: {e}") from None
-            opts = item.get("options", {})
-            if not isinstance(opts, Mapping):
-                raise TypeError(f"{where}.options must be a mapping, got {type(opts).__name__}")
-            try:
-                reward = reward_cls(**opts)
-            except ValidationError as e:
-                problems = "; ".join(f"{where}.options.{'.'.join(map(str, err['loc']))}: {err['msg']}"
-                                     for err in e.errors())
-                raise ValueError(f"invalid options for reward {name!r}: {problems}") from e
-            terms.append((reward, item.get("weight", 1.0), item.get("label", name)))
+            reward = reward_from_spec(item, f"terms[{i}]", _SPEC_KEYS)
+            terms.append((reward, item.get("weight", 1.0), item.get("label", item["name"])))
         return cls(terms, **options)
 
     def compute(self, images: Tensor, prompts: list[str], metadata: list[Any]) -> RewardOutput:
