@@ -53,6 +53,19 @@ def group_ids(prompts: list[str]) -> Tensor:
     return torch.tensor([first.setdefault(p, len(first)) for p in prompts], dtype=torch.long)
 
 
+def prompt_groups(prompts: list[str], reward: str) -> tuple[Tensor, Tensor]:
+    """``group_ids(prompts)`` and each sample's group size, both ``(B,)``; raises ``RewardInputError``
+    naming the samples alone in their group (a groupwise reward needs >= 2 samples per prompt)."""
+    groups = group_ids(prompts)
+    sizes = torch.bincount(groups)[groups]
+    if bool((sizes < 2).any()):
+        lone = [(i, prompts[i]) for i in (sizes < 2).nonzero().flatten().tolist()]
+        raise RewardInputError(
+            f"reward {reward!r}: every prompt needs >= 2 samples in the batch (set group_size >= 2); alone in "
+            f"their group (sample, prompt): {lone[:3]}" + (f" and {len(lone) - 3} more" if len(lone) > 3 else ""))
+    return groups, sizes
+
+
 def groupwise_cosine_diversity(features: Tensor, groups: Tensor) -> Tensor:
     """``r_i = mean_{j in G(i), j != i} (1 - cos(f_i, f_j))`` for ``features`` ``(B, D)``, ``groups`` ``(B,)``.
 
@@ -82,13 +95,7 @@ class DiversityReward(Reward):
     Options: ClassVar[type[RewardOptions]] = DiversityOptions
 
     def compute(self, images: Tensor, prompts: list[str], metadata: list[Any]) -> RewardOutput:
-        groups = group_ids(prompts)
-        sizes = torch.bincount(groups)[groups]
-        if bool((sizes < 2).any()):
-            lone = [(i, prompts[i]) for i in (sizes < 2).nonzero().flatten().tolist()]
-            raise RewardInputError(
-                f"reward 'diversity': each prompt needs >= 2 samples in the batch (set group_size >= 2); "
-                f"alone: {lone[:3]}")
+        groups, sizes = prompt_groups(prompts, "diversity")
         feats = efficientnet_features(images, self.options.resolution, self.options.normalise)
         scores = groupwise_cosine_diversity(feats, groups)
         return RewardOutput(scores=scores.float(), details={"group": groups, "group_size": sizes})

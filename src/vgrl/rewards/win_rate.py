@@ -35,9 +35,9 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from vgrl.rewards.base import Reward, RewardInputError, RewardOptions
+from vgrl.rewards.base import Reward, RewardOptions
 from vgrl.rewards.compose import reward_from_spec
-from vgrl.rewards.diversity import group_ids
+from vgrl.rewards.diversity import prompt_groups
 from vgrl.types import RewardOutput
 
 
@@ -97,14 +97,7 @@ class WinRate(Reward):
         return f"WinRate(inner={self.inner!r}, tie_margin={self.options.tie_margin!r})"
 
     def compute(self, images: Tensor, prompts: list[str], metadata: list[Any]) -> RewardOutput:
-        groups = group_ids(prompts)
-        sizes = torch.bincount(groups)[groups]
-        if bool((sizes < 2).any()):
-            lone = [(i, prompts[i]) for i in (sizes < 2).nonzero().flatten().tolist()]
-            raise RewardInputError(
-                f"reward 'win_rate': every prompt needs >= 2 samples in the batch to be compared (set "
-                f"group_size >= 2); alone in their group (sample, prompt): {lone[:3]}"
-                + (f" and {len(lone) - 3} more" if len(lone) > 3 else ""))
+        groups, _ = prompt_groups(prompts, "win_rate")
         out = self.inner(images, prompts, metadata)
         s = out.scores.detach()
         details: dict[str, Any] = {"inner": s, "group": groups}
