@@ -21,6 +21,8 @@ from vgrl.policy import Reference
 from vgrl.rollout import StepPlan, kernel_for, rollout
 from vgrl.types import Batch, RewardOutput
 
+from tests.unit.test_forward_algorithms import grads
+
 PROMPTS = ["a red circle", "two blue squares"]
 GROUPS = torch.tensor([0, 0, 1, 1])
 
@@ -34,12 +36,6 @@ def trajs(tiny_backbones):
         cond = bb.encode(PROMPTS, guidance=True).repeat_interleave(2)
         out[name] = rollout(bb, kernel_for(bb, "ode"), cond, 2, StepPlan.ode(2), seeds=torch.tensor([11, 12, 13, 14]),
                             guidance_scale=2.0)
-    return out
-
-
-def grads(module):
-    out = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in module.parameters()]
-    module.zero_grad(set_to_none=True)
     return out
 
 
