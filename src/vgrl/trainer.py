@@ -207,37 +207,13 @@ def build(cfg: RunConfig) -> Run:
 
 
 def _preference_data(cfg: RunConfig, algorithm, dist: distributed.Dist):
-    """The validated preference dataset of an offline pairwise run (None otherwise); checks the combination."""
-    from vgrl.algorithms._pairs import is_offline, is_pairwise
-    from vgrl.data.preferences import PreferenceDataError, PreferenceDataset
+    """The validated preference dataset of an offline pairwise run (None otherwise); see ``dataset_for_run``."""
+    from vgrl.data.preferences import dataset_for_run
 
-    name = cfg.algorithm.name
-    if cfg.log.save_rollouts and dist.world > 1:
-        raise TrainingError("log.save_rollouts writes the samples of one process; run it with one process")
-    if is_pairwise(algorithm) and not is_offline(algorithm) and dist.world > 1:
-        raise TrainingError(f"algorithm {name!r} with mode 'online' pairs the samples of a rollout in one "
-                            "process; run it with one process (or mode: offline)")
-    if not is_offline(algorithm):
-        if cfg.data.preferences is not None:
-            raise TrainingError(f"data.preferences is read only by a pairwise algorithm with mode: offline "
-                                f"(diffusion_dpo, npo); algorithm {name!r} trains on rollouts: remove it or set "
-                                "algorithm.mode: offline")
-        return None
-    if cfg.data.preferences is None:
-        raise TrainingError(f"algorithm.mode: 'offline' trains {name!r} on a preference dataset: set "
-                            "data.preferences to a pairs.jsonl index (docs/preferences.md), or use mode: online")
     try:
-        data = PreferenceDataset.load(cfg.data.preferences)
-    except PreferenceDataError as e:
-        raise TrainingError(f"data.preferences: {e}") from None
-    side = cfg.backbone.resolution
-    wrong = [(r, s) for r, s in zip(data.records, data.sizes) if s != (side, side)]
-    if wrong:
-        rec, (w, h) = wrong[0]
-        raise TrainingError(f"data.preferences: {data.index} {rec.name()} has {w}x{h} images but backbone.resolution "
-                            f"is {side} ({len(wrong)} of {len(data)} pairs differ); resize the images or set "
-                            "backbone.resolution")
-    return data
+        return dataset_for_run(cfg, algorithm, dist.world)
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
 
 
 def _component(kind: str, field: str, section, **runtime):

@@ -319,3 +319,38 @@ def pairs_from_run(run_dir: str | Path, out_dir: str | Path, margin: float = 0.0
         raise ValueError(f"{rollouts}: no group has a reward margin > 0 and >= {margin}; lower --margin")
     write_index(out / INDEX, rows)
     return PreferenceDataset.load(out)
+
+
+def dataset_for_run(cfg, algorithm, world: int) -> PreferenceDataset | None:
+    """The validated preference dataset of an offline pairwise run (None otherwise), after checking the
+    combination of algorithm, ``data.preferences``, ``log.save_rollouts`` and the number of processes
+    ``world``; raises ``ValueError`` with one line naming the field."""
+    from vgrl.algorithms._pairs import is_offline, is_pairwise
+
+    name = cfg.algorithm.name
+    if cfg.log.save_rollouts and world > 1:
+        raise ValueError("log.save_rollouts writes the samples of one process; run it with one process")
+    if is_pairwise(algorithm) and not is_offline(algorithm) and world > 1:
+        raise ValueError(f"algorithm {name!r} with mode 'online' pairs the samples of a rollout in one "
+                         "process; run it with one process (or mode: offline)")
+    if not is_offline(algorithm):
+        if cfg.data.preferences is not None:
+            raise ValueError(f"data.preferences is read only by a pairwise algorithm with mode: offline "
+                                f"(diffusion_dpo, npo); algorithm {name!r} trains on rollouts: remove it or set "
+                                "algorithm.mode: offline")
+        return None
+    if cfg.data.preferences is None:
+        raise ValueError(f"algorithm.mode: 'offline' trains {name!r} on a preference dataset: set "
+                         "data.preferences to a pairs.jsonl index (docs/preferences.md), or use mode: online")
+    try:
+        data = PreferenceDataset.load(cfg.data.preferences)
+    except PreferenceDataError as e:
+        raise ValueError(f"data.preferences: {e}") from None
+    side = cfg.backbone.resolution
+    wrong = [(r, s) for r, s in zip(data.records, data.sizes) if s != (side, side)]
+    if wrong:
+        rec, (w, h) = wrong[0]
+        raise ValueError(f"data.preferences: {data.index} {rec.name()} has {w}x{h} images but backbone.resolution "
+                         f"is {side} ({len(wrong)} of {len(data)} pairs differ); resize the images or set "
+                         "backbone.resolution")
+    return data
