@@ -241,6 +241,13 @@ def _prompt_sampler(cfg: RunConfig) -> PromptSampler:
         raise TrainingError(f"data.split: unknown split {cfg.data.split!r} of world {cfg.data.world!r}; "
                             f"valid: {', '.join(world.splits)}")
     prompts = world.prompts(cfg.data.split)
+    if cfg.data.categories is not None:
+        present = list(dict.fromkeys(p.meta.category for p in prompts))
+        unknown = [c for c in cfg.data.categories if c not in present]
+        if unknown:
+            raise TrainingError(f"data.categories: {', '.join(map(repr, unknown))} not in split "
+                                f"{cfg.data.split!r} of world {cfg.data.world!r}; valid: {', '.join(present)}")
+        prompts = [p for p in prompts if p.meta.category in cfg.data.categories]
     return PromptSampler([p.text for p in prompts], [p.meta for p in prompts],
                          [p.meta.category for p in prompts], cfg.seed)
 

@@ -290,6 +290,9 @@ class RunConfig(BaseModel):
         problems: list[tuple[tuple, str]] = []
         if self.prompts is None and self.data.world is None:
             problems.append((("prompts",), "missing; give prompts, or data.world to train on a world's prompts"))
+        if self.data.categories is not None and (self.prompts is not None or self.data.world is None):
+            problems.append((("data", "categories"), "selects categories of data.world's prompts; it cannot "
+                                                     "apply to plain prompts (remove it, or set data.world)"))
         b, g = self.batch_size, self.group_size
         if b % g:
             problems.append((("batch_size",), f"{b} is not divisible by group_size {g}; valid: a multiple "

@@ -79,6 +79,9 @@ class DataConfig(BaseModel):
 
     world: str | None = Field(None, description="built-in world (shapes) whose prompt split trains the model")
     split: str = Field("train", description="prompt split of the world")
+    categories: list[str] | None = Field(None, min_length=1,
+                                         description="train only on these prompt categories of the split "
+                                                     "(default: all); each is drawn equally often")
     preferences: str | None = Field(None, description="preference dataset (a pairs.jsonl index or a directory "
                                                      "holding one, docs/preferences.md) that an offline pairwise "
                                                      "algorithm (diffusion_dpo, npo with mode: offline) trains on")
