@@ -48,6 +48,9 @@ class _Proxy:
 
         return RewardOutput(torch.full((len(images),), self.value))
 
+    def monitor_scores(self, images, prompts, metadata):
+        return self(images, prompts, metadata).scores
+
 
 def test_monitor_observes_drift_diversity_and_warns():
     proxy = _Proxy()
@@ -69,6 +72,32 @@ def test_monitor_observes_drift_diversity_and_warns():
     restored = HackingMonitor(proxy, patience=2, feature_resolution=32)
     restored.load_state_dict(mon.state_dict())
     assert torch.equal(restored.base_features, mon.base_features) and restored.history == mon.history
+
+
+def test_groupwise_rewards_give_a_pointwise_proxy_or_none():
+    from vgrl import rewards
+    from vgrl.rewards.compose import Compose
+
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(6, 3, 32, 32, generator=g)
+    prompts = [f"prompt {i}" for i in range(6)]  # one sample per prompt, as in an evaluation set
+    jpeg = rewards.get("jpeg")
+    want = jpeg(images, prompts).scores.mean().item()
+    # win_rate alone would raise (every sample alone in its group) and averages 0.5 anyway: its inner reward
+    win = rewards.get("win_rate", inner={"name": "jpeg"})
+    assert HackingMonitor(win, feature_resolution=32).observe(images, prompts, [None] * 6, 0.1)["proxy_reward"] \
+        == pytest.approx(want, rel=1e-6)
+    # a standardised composition averages 0: the monitor takes the unstandardised weighted sum
+    comp = Compose([(jpeg, 2.0, "jpeg")], normalise="after")
+    assert comp(images, prompts).scores.mean().item() == pytest.approx(0.0, abs=1e-6)
+    assert HackingMonitor(comp, feature_resolution=32).observe(images, prompts, [None] * 6, 0.1)["proxy_reward"] \
+        == pytest.approx(2 * want, rel=1e-6)
+    # diversity has no pointwise counterpart: no proxy, one warning, the rest still measured
+    mon = HackingMonitor(rewards.get("diversity", resolution=32), feature_resolution=32)
+    with pytest.warns(UserWarning, match="eval.monitor: no proxy_reward.*diversity"):
+        first = mon.observe(images, prompts, [None] * 6, 0.1)
+    assert "proxy_reward" not in first and "frechet" in first and mon.proxy_error is not None
+    assert "proxy_reward" not in mon.observe(images, prompts, [None] * 6, 0.1)
 
 
 def test_training_run_logs_the_monitor_and_reports_it(tmp_path):

@@ -4,7 +4,10 @@ A policy optimised against a proxy reward (a learned model, a compressibility sc
 while what the reward stood for gets worse: the survey's *reward hacking*. At every held-out evaluation
 the monitor logs, on the evaluation's fixed prompts and seeds:
 
-* ``proxy_reward``: the mean of the **training** reward on the evaluation samples;
+* ``proxy_reward``: the mean of the **training** reward on the evaluation samples (its
+  ``monitor_scores``: for a groupwise reward, its pointwise counterpart — a ``win_rate``'s inner reward,
+  a standardised ``compose``'s unstandardised weighted sum; omitted, with one warning, for a reward
+  that has none, such as ``diversity``);
 * ``gold``: a metric the run does not train on — the world checker's overall accuracy
   (``overall_accuracy`` of the evaluation);
 * ``diversity``: intra-prompt diversity, the mean over ``diversity_prompts`` prompts of the mean pairwise
@@ -26,12 +29,14 @@ these in the ``eval`` rows of ``metrics.jsonl``; ``report.html`` plots them and 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from vgrl.rewards.base import RewardInputError
 from vgrl.rewards.classifier import efficientnet_features
 from vgrl.rewards.diversity import groupwise_cosine_diversity
 
@@ -75,6 +80,7 @@ class HackingMonitor:
     feature_resolution: int = 96
     base_features: Tensor | None = None
     history: list[tuple[float, float]] = field(default_factory=list)
+    proxy_error: str | None = None  # why the reward gives no proxy on the evaluation set, once known
 
     def features(self, images: Tensor, batch: int = 128) -> Tensor:
         """``(N, 1280)`` float32 EfficientNet-lite0 features of ``images`` ``(N, 3, H, W)`` in [0, 1]."""
@@ -87,9 +93,13 @@ class HackingMonitor:
         """Metrics of one evaluation: ``images`` are its samples (with their ``prompts`` / ``metadata``),
         ``gold`` its gold metric; ``diversity_images`` ``(K G, 3, H, W)`` with ``diversity_groups`` ``(K G,)``."""
         out: dict[str, float] = {"gold": gold}
-        if self.reward is not None:
-            with torch.no_grad():
-                out["proxy_reward"] = self.reward(images, prompts, metadata).scores.float().mean().item()
+        if self.reward is not None and self.proxy_error is None:
+            try:
+                out["proxy_reward"] = self.reward.monitor_scores(images, prompts, metadata).float().mean().item()
+            except RewardInputError as e:  # a groupwise reward with no pointwise counterpart (e.g. diversity)
+                self.proxy_error = str(e)
+                warnings.warn(f"eval.monitor: no proxy_reward for this run's reward ({e}); the hacking "
+                              "warning needs it, diversity and drift are still measured", stacklevel=2)
         feats = self.features(images)
         if self.base_features is None:
             self.base_features = feats

@@ -100,6 +100,17 @@ class Reward(ABC):
         self._check_output(out, images)
         return out
 
+    def monitor_scores(self, images: Tensor, prompts: Sequence[str], metadata: Sequence[Any] | None = None) -> Tensor:
+        """``(B,)`` scores whose mean is comparable between evaluations: the hacking monitor's proxy.
+
+        The scores themselves for a pointwise reward. A groupwise reward overrides it where its scores are
+        relative (a win rate averages 0.5 in every group, a batch-standardised sum averages 0) or need
+        groups the monitor's one-sample-per-prompt evaluation set lacks; one with no pointwise counterpart
+        raises :class:`RewardInputError` and the monitor omits ``proxy_reward``.
+        """
+        with torch.no_grad():
+            return self(images, prompts, metadata).scores.detach()
+
     def _check_output(self, out: RewardOutput, images: Tensor) -> None:
         """Raise if ``compute`` broke the contract (a bug in the reward, not in its inputs)."""
         who = f"reward {self.name!r}"

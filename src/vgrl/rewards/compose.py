@@ -181,6 +181,11 @@ class Compose(Reward):
             terms.append((reward, item.get("weight", 1.0), item.get("label", item["name"])))
         return cls(terms, **options)
 
+    def monitor_scores(self, images: Tensor, prompts: Sequence[str], metadata: Sequence[Any] | None = None) -> Tensor:
+        """The weighted sum of the terms' monitor scores, never standardised (a standardised batch averages
+        0 whatever the samples' quality)."""
+        return sum(t.weight * t.reward.monitor_scores(images, prompts, metadata) for t in self.terms)
+
     def compute(self, images: Tensor, prompts: list[str], metadata: list[Any]) -> RewardOutput:
         details: dict[str, Any] = {}
 

@@ -29,6 +29,7 @@ sample alone in its group raises).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -95,6 +96,10 @@ class WinRate(Reward):
 
     def __repr__(self) -> str:
         return f"WinRate(inner={self.inner!r}, tie_margin={self.options.tie_margin!r})"
+
+    def monitor_scores(self, images: Tensor, prompts: Sequence[str], metadata: Sequence[Any] | None = None) -> Tensor:
+        """The inner reward's: win rates average 0.5 in every group whatever the samples' quality."""
+        return self.inner.monitor_scores(images, prompts, metadata)
 
     def compute(self, images: Tensor, prompts: list[str], metadata: list[Any]) -> RewardOutput:
         groups, _ = prompt_groups(prompts, "win_rate")
