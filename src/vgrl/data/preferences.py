@@ -1,7 +1,7 @@
 """Preference datasets on disk: format, reader, validator and writer; saved rollouts and pairs built from them.
 
-Format (docs/preferences.md). A dataset is a directory holding ``pairs.jsonl`` (the *index*) and image
-files; each line of the index is one JSON object, one preference pair::
+Format (docs/preferences.md). A dataset is a directory holding an *index*, ``pairs.jsonl`` or
+``pairs.parquet``, and image files. Each line of a jsonl index is one JSON object, one preference pair::
 
     {"id": "p0001", "prompt": "a red circle", "chosen": "images/p0001_a.png", "rejected": "images/p0001_b.png",
      "metadata": {...}, "chosen_score": 0.9, "rejected_score": 0.2}
@@ -9,13 +9,19 @@ files; each line of the index is one JSON object, one preference pair::
 ``prompt``, ``chosen`` and ``rejected`` are required; ``chosen`` is the preferred image. Image paths are
 relative to the index's directory (no absolute paths, no ``..``), any format Pillow reads. ``id``
 (unique), ``metadata`` (any JSON) and the finite numbers ``chosen_score`` / ``rejected_score`` are
-optional; any other key is kept as is, so reading and writing a dataset loses nothing. Only jsonl is
-read (parquet would need pyarrow, which vgrl does not depend on).
+optional; any other key is kept as is, so reading and writing a dataset loses nothing.
+
+A parquet index (read with pyarrow, the ``parquet`` extra, imported only then) has the same fields as
+columns, one row per pair: struct, map and list cells become plain dicts and lists, a null cell is an
+absent field, and a column of a type JSON cannot hold (timestamps, bytes, decimals) is refused. Rows go
+through exactly the jsonl validation and are named ``row N`` (counted from 1). Writing is always jsonl
+(:meth:`PreferenceDataset.save`, :func:`write_index`): a saved parquet dataset becomes ``pairs.jsonl``
+with the same records. A directory holding both index files is an error (pass the file you mean).
 
 Validation collects every bad record and raises one :class:`PreferenceDataError` naming each by line
-number and id: invalid JSON or fields, an empty prompt, a missing or unreadable (corrupt) image, chosen
-and rejected images of different sizes, the same file as chosen and rejected, a repeated id, and a
-duplicate pair (same prompt and the same chosen and rejected image *contents* as an earlier line).
+(row) number and id: invalid JSON or fields, an empty prompt, a missing or unreadable (corrupt) image,
+chosen and rejected images of different sizes, the same file as chosen and rejected, a repeated id, and
+a duplicate pair (same prompt and the same chosen and rejected image *contents* as an earlier record).
 
 Saved rollouts (``log.save_rollouts: true``): ``RUN/rollouts/iter_XXXXX/index.jsonl`` with one line per
 sample (``image``, ``prompt``, ``metadata``, ``reward``, ``group``, ``prompt_id``, ``seed``) and the
@@ -37,14 +43,18 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vgrl.data._parquet import is_parquet, read_parquet
+
 INDEX = "pairs.jsonl"
+PARQUET_INDEX = "pairs.parquet"
 ROLLOUT_INDEX = "index.jsonl"
 REQUIRED = ("prompt", "chosen", "rejected")
 SHOWN = 20  # problems listed in one error message
 
 
 class PreferenceDataError(ValueError):
-    """Bad records of a preference dataset; ``problems`` are ``"line N (id 'x'): what"`` strings."""
+    """Bad records of a preference dataset; ``problems`` are ``"line N (id 'x'): what"`` strings
+    (``"row N ..."`` for a parquet index)."""
 
     def __init__(self, index: Path, problems: list[str]) -> None:
         self.index, self.problems = index, problems
@@ -54,14 +64,16 @@ class PreferenceDataError(ValueError):
 
 @dataclass
 class PreferenceRecord:
-    """One pair. ``raw`` is the index line's object exactly as read (what :func:`write_index` writes)."""
+    """One pair. ``raw`` is the index line's object exactly as read (what :func:`write_index` writes);
+    ``line`` is its line number (jsonl) or row number (parquet, ``unit == "row"``), from 1."""
 
     line: int
     raw: dict[str, Any]
+    unit: str = field(default="line", compare=False)
 
     @property
     def id(self) -> str:
-        return str(self.raw.get("id", f"line{self.line}"))
+        return str(self.raw.get("id", f"{self.unit}{self.line}"))
 
     @property
     def prompt(self) -> str:
@@ -86,7 +98,7 @@ class PreferenceRecord:
         return math.nan if a is None or b is None else float(a) - float(b)
 
     def name(self) -> str:
-        return f"line {self.line}" + (f" (id {self.raw['id']!r})" if "id" in self.raw else "")
+        return f"{self.unit} {self.line}" + (f" (id {self.raw['id']!r})" if "id" in self.raw else "")
 
 
 @dataclass
@@ -107,27 +119,31 @@ class PreferenceDataset:
 
     @classmethod
     def load(cls, path: str | Path) -> PreferenceDataset:
-        """Read and validate ``path`` (an index file or a directory holding ``pairs.jsonl``)."""
+        """Read and validate ``path``: an index file (jsonl, or parquet by its ``.parquet`` suffix or
+        content) or a directory holding ``pairs.jsonl`` or ``pairs.parquet``."""
         index = _index_path(path)
+        if is_parquet(index):
+            unit, entries = "row", read_parquet(index)
+        else:
+            lines = enumerate(index.read_text(encoding="utf-8").splitlines(), start=1)
+            unit, entries = "line", [(n, text) for n, text in lines if text.strip()]
         problems: list[str] = []
         records, sizes, seen_ids, seen_pairs = [], [], {}, {}
-        for n, text in enumerate(index.read_text(encoding="utf-8").splitlines(), start=1):
-            if not text.strip():
-                continue
-            rec, errors = _parse(n, text)
+        for n, entry in entries:
+            rec, errors = _parse(n, entry, unit)
             if rec is not None:
                 size, image_errors, key = _check_images(index.parent, rec)
                 errors += image_errors
                 if "id" in rec.raw:
                     if rec.raw["id"] in seen_ids:
-                        errors.append(f"id {rec.raw['id']!r} already used on line {seen_ids[rec.raw['id']]}")
+                        errors.append(f"id {rec.raw['id']!r} already used on {unit} {seen_ids[rec.raw['id']]}")
                     seen_ids.setdefault(rec.raw["id"], n)
                 if key is not None:
                     if key in seen_pairs:
-                        errors.append(f"duplicate pair: the same prompt, chosen and rejected images as line "
+                        errors.append(f"duplicate pair: the same prompt, chosen and rejected images as {unit} "
                                       f"{seen_pairs[key]}")
                     seen_pairs.setdefault(key, n)
-            name = rec.name() if rec is not None else f"line {n}"
+            name = rec.name() if rec is not None else f"{unit} {n}"
             problems += [f"{name}: {e}" for e in errors]
             if rec is not None and not errors:
                 records.append(rec)
@@ -167,8 +183,12 @@ class PreferenceDataset:
         return out
 
     def save(self, out_dir: str | Path) -> Path:
-        """Copy the dataset (index lines as read, image files byte for byte) to ``out_dir``; returns the index."""
+        """Copy the dataset (records as read, image files byte for byte) to ``out_dir``; returns the index.
+        The index is always written as ``pairs.jsonl``, also for a dataset read from parquet."""
         out = Path(out_dir)
+        if (out / PARQUET_INDEX).exists():
+            raise FileExistsError(f"{out / PARQUET_INDEX} exists: saving writes {INDEX} beside it and the folder "
+                                  "would hold two indexes; choose another folder (nothing was written)")
         for rec in self.records:
             for rel in (rec.chosen, rec.rejected):
                 (out / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -178,18 +198,29 @@ class PreferenceDataset:
 
 def _index_path(path: str | Path) -> Path:
     p = Path(path)
-    index = p / INDEX if p.is_dir() else p
+    index = p
+    if p.is_dir():
+        found = [p / name for name in (INDEX, PARQUET_INDEX) if (p / name).is_file()]
+        if len(found) > 1:
+            raise ValueError(f"{p} holds both {INDEX} and {PARQUET_INDEX}: which one is the dataset? Pass that "
+                             f"index file ({found[0]} or {found[1]}) instead of the folder, or remove the other")
+        index = found[0] if found else p / INDEX
     if not index.is_file():
-        raise FileNotFoundError(f"{path}: no preference index; expected a {INDEX} file or a directory holding one")
+        raise FileNotFoundError(f"{path}: no preference index; expected a {INDEX} or {PARQUET_INDEX} file or a "
+                                "directory holding one")
     return index
 
 
-def _parse(n: int, text: str) -> tuple[PreferenceRecord | None, list[str]]:
-    """The record of index line ``n`` and its field errors (``None`` when the line is not a JSON object)."""
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as e:
-        return None, [f"not valid JSON ({e.msg} at column {e.colno})"]
+def _parse(n: int, entry: str | Any, unit: str = "line") -> tuple[PreferenceRecord | None, list[str]]:
+    """The record of index line (or parquet row) ``n`` and its field errors (``None`` when the entry is not
+    an object). ``entry`` is a jsonl line's text or an already parsed value (a parquet row's dict); both
+    go through the same field checks."""
+    raw = entry
+    if isinstance(entry, str):
+        try:
+            raw = json.loads(entry)
+        except json.JSONDecodeError as e:
+            return None, [f"not valid JSON ({e.msg} at column {e.colno})"]
     if not isinstance(raw, dict):
         return None, [f"expected a JSON object, got {type(raw).__name__}"]
     errors = [f"missing required field {k!r}" for k in REQUIRED if k not in raw]
@@ -207,7 +238,7 @@ def _parse(n: int, text: str) -> tuple[PreferenceRecord | None, list[str]]:
             errors.append(f"{key} must be a finite number or null, got {v!r}")
     if not errors and PurePosixPath(raw["chosen"]) == PurePosixPath(raw["rejected"]):
         errors.append(f"chosen and rejected are the same file {raw['chosen']!r}")
-    return PreferenceRecord(n, raw), errors
+    return PreferenceRecord(n, raw, unit), errors
 
 
 def _path_errors(value: Any) -> list[str]:
@@ -290,8 +321,9 @@ def pairs_from_run(run_dir: str | Path, out_dir: str | Path, margin: float = 0.0
     if not iterations:
         raise FileNotFoundError(f"{rollouts}: no saved rollouts; train with log.save_rollouts=true")
     out = Path(out_dir)
-    if (out / INDEX).exists():
-        raise FileExistsError(f"{out / INDEX} exists; choose another --out (nothing was overwritten)")
+    for name in (INDEX, PARQUET_INDEX):
+        if (out / name).exists():
+            raise FileExistsError(f"{out / name} exists; choose another --out (nothing was overwritten)")
     rows = []
     for index in iterations:
         it = index.parent.name
@@ -341,10 +373,11 @@ def dataset_for_run(cfg, algorithm, world: int) -> PreferenceDataset | None:
         return None
     if cfg.data.preferences is None:
         raise ValueError(f"algorithm.mode: 'offline' trains {name!r} on a preference dataset: set "
-                         "data.preferences to a pairs.jsonl index (docs/preferences.md), or use mode: online")
+                         "data.preferences to a pairs.jsonl or pairs.parquet index (docs/preferences.md), or use "
+                         "mode: online")
     try:
         data = PreferenceDataset.load(cfg.data.preferences)
-    except PreferenceDataError as e:
+    except (ValueError, ImportError) as e:  # bad records (PreferenceDataError), two indexes, no pyarrow
         raise ValueError(f"data.preferences: {e}") from None
     side = cfg.backbone.resolution
     wrong = [(r, s) for r, s in zip(data.records, data.sizes) if s != (side, side)]
