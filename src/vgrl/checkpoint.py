@@ -3,8 +3,9 @@
 A checkpoint is a directory ``checkpoints/step-{iteration:06d}/`` holding
 
 * ``trainable.safetensors`` — the trained weights (LoRA adapters only, or the whole denoiser);
-* ``state.pt`` — optimiser, LR schedule, EMA, algorithm state (DDPO's per-prompt statistics), every
-  RNG state and the data position, saved with ``torch.save`` and read back with ``weights_only=True``;
+* ``state.pt`` — optimiser, LR schedule, EMA, algorithm state (DDPO's per-prompt statistics), the fp16
+  loss scaler, every RNG state and the data position, saved from the CPU with ``torch.save`` and read
+  back with ``weights_only=True``;
 * ``meta.json`` — counters (iteration, images, wall seconds) and the file list, written last.
 
 Writes are atomic: everything goes to a hidden temporary directory, each file is fsync'd, the
@@ -127,14 +128,18 @@ def latest(root: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load(path: str | Path) -> Checkpoint:
-    """Read a checkpoint directory (tensors on CPU; ``state.pt`` with ``weights_only=True``)."""
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read a checkpoint directory (``state.pt`` with ``weights_only=True``) with its tensors on ``map_location``.
+
+    Checkpoints are written from the CPU, so any device can read them. ``vgrl train --resume`` reads onto
+    the CPU (RNG states must stay there) and lets each piece follow the run's parameters to its device.
+    """
     path = Path(path)
     if not is_valid(path):
         raise CheckpointError(f"{path} is not a complete vgrl checkpoint (needs {', '.join(FILES)})")
     try:
-        trainable = load_file(str(path / FILES[0]))
-        state = torch.load(path / FILES[1], weights_only=True)
+        trainable = load_file(str(path / FILES[0]), device=str(map_location))
+        state = torch.load(path / FILES[1], weights_only=True, map_location=map_location)
     except Exception as e:  # corrupt file: say which checkpoint
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from e
     return Checkpoint(path, trainable, state, json.loads((path / FILES[2]).read_text()))

@@ -90,9 +90,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg is None:
         return EXIT_CONFIG
+    from vgrl.device import DeviceError
     from vgrl.sample import run  # heavy: torch, diffusers
 
-    run(cfg, args.out or cfg.run_dir or "runs/sample")
+    try:
+        run(cfg, args.out or cfg.run_dir or "runs/sample")
+    except DeviceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     return EXIT_OK
 
 
@@ -125,11 +130,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Per-category checker accuracy of a pipeline directory on a world's prompt split."""
+    from vgrl.device import DeviceError
     from vgrl.evaluation.world_eval import run
 
-    run(args.model, args.world, args.split, per_category=args.samples_per_category, num_steps=args.steps,
-        guidance_scale=args.guidance, seed=args.seed, out_dir=args.out, kernel=args.kernel,
-        negative_model=args.negative_model)
+    try:
+        run(args.model, args.world, args.split, per_category=args.samples_per_category, num_steps=args.steps,
+            guidance_scale=args.guidance, seed=args.seed, out_dir=args.out, kernel=args.kernel,
+            negative_model=args.negative_model, device=args.device)
+    except DeviceError as e:
+        print(f"error: {str(e).replace('backbone.device', '--device')}", file=sys.stderr)
+        return EXIT_CONFIG
     return EXIT_OK
 
 
@@ -189,6 +199,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--kernel", default="ode", help="sampling kernel (default: ode, deterministic)")
     p.add_argument("--seed", type=int, default=0, help="evaluation-set seed (default: 0)")
     p.add_argument("--out", default="runs/eval", metavar="DIR", help="output folder (default: runs/eval)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto = cuda when "
+                                                    "available, else cpu)")
     p.add_argument("--negative-model", default=None, metavar="PATH",
                    help="Diffusion-NPO: a pipeline directory (an npo run's final/pipeline) used as the unconditional "
                         "branch of classifier-free guidance (needs guidance > 1); see docs/algorithms/npo.md")
@@ -280,7 +292,8 @@ def _add_pairs(sub) -> None:
                                    "keeping groups whose reward margin is > 0 and >= --margin; write OUT/pairs.jsonl "
                                    "and OUT/images/ and validate them (format: docs/preferences.md).")
     p.add_argument("--from-run", required=True, metavar="RUN", help="run folder holding rollouts/iter_*/index.jsonl")
-    p.add_argument("--out", required=True, metavar="DIR", help="output dataset folder (must not hold a pairs.jsonl)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output dataset folder (must not hold a pairs.jsonl or pairs.parquet)")
     p.add_argument("--margin", type=float, default=0.0, help="minimum reward margin best - worst (default: 0)")
     p.set_defaults(func=cmd_pairs)
 
@@ -295,7 +308,7 @@ def cmd_train_reward(args: argparse.Namespace) -> int:
                                    text=not args.no_text, threads=args.threads)
     try:
         result = train_reward(args.pairs, args.out, settings)
-    except (FileNotFoundError, PreferenceDataError, ValueError) as e:
+    except (FileNotFoundError, PreferenceDataError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     print(f"held-out pairwise accuracy {result['heldout_accuracy']:.3f} on {result['heldout_pairs']} pairs "
@@ -306,11 +319,12 @@ def cmd_train_reward(args: argparse.Namespace) -> int:
 def _add_train_reward(sub) -> None:
     p = sub.add_parser("train-reward", help="fit a Bradley-Terry reward model to preference pairs (learned_bt)",
                        description="Fit a small prompt-conditioned CNN r(x, p) so that P(chosen > rejected) = "
-                                   "sigmoid(r(chosen) - r(rejected)) on a preference dataset (pairs.jsonl, "
+                                   "sigmoid(r(chosen) - r(rejected)) on a preference dataset (pairs.jsonl or .parquet, "
                                    "docs/preferences.md), holding out a seeded fraction of the pairs; write "
                                    "OUT/model.safetensors, OUT/config.json and the held-out pairwise accuracy to "
                                    "OUT/eval.json. Use it as reward 'learned_bt' with path=OUT.")
-    p.add_argument("--pairs", required=True, metavar="PATH", help="pairs.jsonl, or a directory holding one")
+    p.add_argument("--pairs", required=True, metavar="PATH",
+                   help="pairs.jsonl or pairs.parquet, or a directory holding one")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--steps", type=int, default=600, help="optimiser steps (default: 600)")
     p.add_argument("--batch-size", type=int, default=32, help="pairs per step (default: 32)")

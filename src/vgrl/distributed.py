@@ -21,6 +21,7 @@ class Dist:
 
     rank: int = 0
     world: int = 1
+    device: str = "cpu"  # the launcher's device (accelerate's PartialState): cuda:LOCAL_RANK, or cpu
 
     @property
     def main(self) -> bool:
@@ -49,7 +50,7 @@ class Dist:
         """True on every process if ``flag`` is true on any."""
         if self.world == 1:
             return flag
-        t = torch.tensor([float(flag)])
+        t = torch.tensor([float(flag)], device=self.device)  # nccl reduces tensors on the GPU only
         torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
         return bool(t.item())
 
@@ -66,9 +67,14 @@ class Dist:
             torch_dist.barrier()
 
 
-def init() -> Dist:
-    """The process group the launcher describes (a single process when launched plainly)."""
+def init(cpu: bool | None = None) -> Dist:
+    """The process group the launcher describes (a single process when launched plainly).
+
+    ``cpu``: a CPU run (gloo process group, device cpu); None: CPU exactly when CUDA is unavailable.
+    """
     from accelerate import PartialState
 
-    state = PartialState(cpu=not torch.cuda.is_available())  # cpu=True: gloo process group on CPU machines
-    return Dist(state.process_index, state.num_processes)
+    if cpu is None:
+        cpu = not torch.cuda.is_available()
+    state = PartialState(cpu=cpu)  # cpu=True: gloo process group on CPU machines; else nccl, cuda:LOCAL_RANK
+    return Dist(state.process_index, state.num_processes, str(state.device))

@@ -4,7 +4,9 @@
 steps are stochastic (the kernel) and which deterministic (the kernel's ODE limit), and which
 stochastic steps to record. Every sample has its own generator, seeded by its recorded seed, which
 draws its initial noise and then its step noise in order — so a sample rolled out alone, or in any
-batch, gets the same noise, and can be regenerated from its seed.
+batch, gets the same noise, and can be regenerated from its seed. The generators are CPU generators
+whatever ``backbone.device``: noise is drawn on the CPU and copied to the device, so a seed gives the
+same sample on CPU and GPU up to kernel numerics.
 
 Invariant (tested): ``recompute_log_prob`` on a fresh trajectory with unchanged weights returns the
 recorded log-probabilities exactly in fp32 on CPU.
@@ -112,14 +114,15 @@ def rollout(backbone: Backbone, kernel: Kernel, cond: Cond, num_steps: int, plan
     if seeds.shape != (batch,):
         raise ValueError(f"seeds must have shape ({batch},), got {tuple(seeds.shape)}")
     gens = [seeded(int(s)) for s in seeds.tolist()]
-    x = torch.stack([torch.randn(backbone.sample_shape, generator=g) for g in gens])
-    grid, ode = backbone.timesteps(num_steps), kernel.ode()
+    device = backbone.device
+    x = torch.stack([torch.randn(backbone.sample_shape, generator=g) for g in gens]).to(device)
+    grid, ode = backbone.timesteps(num_steps).to(device), kernel.ode()
     recorded: dict[str, list[Tensor]] = {"x_t": [], "x_next": [], "t": [], "s": [], "log_prob": []}
     for i in range(num_steps):
         t, s = grid[i].expand(batch), grid[i + 1].expand(batch)
         pred = backbone.predict(x, t, cond, guidance_scale)
         if plan.sde[i]:
-            noise = torch.stack([torch.randn(backbone.sample_shape, generator=g) for g in gens])
+            noise = torch.stack([torch.randn(backbone.sample_shape, generator=g) for g in gens]).to(device)
             tr = kernel.step(pred, x, t, s, prediction=backbone.prediction, noise=noise)
         else:
             tr = ode.step(pred, x, t, s, prediction=backbone.prediction)
@@ -135,7 +138,7 @@ def rollout(backbone: Backbone, kernel: Kernel, cond: Cond, num_steps: int, plan
 
 def _empty(key: str, batch: int, backbone: Backbone) -> Tensor:
     shape = (batch, 0, *backbone.sample_shape) if key in ("x_t", "x_next") else (batch, 0)
-    return torch.empty(shape, dtype=torch.float32)
+    return torch.empty(shape, dtype=torch.float32, device=backbone.device)
 
 
 def recompute_log_prob(backbone: Backbone, kernel: Kernel, traj: Trajectory, step_idx: int) -> Transition:

@@ -2,7 +2,8 @@
 
 This is the smallest complete use of the engine (backbone x kernel x step plan), and the main job
 until training lands: it saves the resolved config, ``grid.png`` (one row per prompt group),
-``summary.json`` (per-step log-probability statistics, timing) and prints a table.
+``summary.json`` (per-step log-probability statistics, timing) and prints a table. It runs on
+``backbone.device`` under ``train.mixed_precision``'s autocast, as training does.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from vgrl import backbones
 from vgrl.config import RunConfig, save_config
+from vgrl.device import Precision, resolve_device, set_deterministic
 from vgrl.rollout import kernel_for, plan_from_config, rollout
 from vgrl.tracking import save_grid
 
@@ -24,9 +26,11 @@ def run(cfg: RunConfig, out_dir: str | Path) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
+    device = resolve_device(cfg.backbone.device)
+    precision = Precision.build(cfg.train.mixed_precision, device)
     torch.manual_seed(cfg.seed)
-    torch.use_deterministic_algorithms(cfg.deterministic)
-    backbone = backbones.build(cfg.backbone)
+    set_deterministic(cfg.deterministic, device)
+    backbone = backbones.build(cfg.backbone).to(device)
     kernel = kernel_for(backbone, cfg.kernel.name, **cfg.kernel.options())
     plan = plan_from_config(cfg.sampling.plan, cfg.sampling.num_steps)
     n_prompts = cfg.batch_size // cfg.group_size
@@ -34,10 +38,11 @@ def run(cfg: RunConfig, out_dir: str | Path) -> dict:
     guidance = cfg.sampling.guidance_scale
     start = time.perf_counter()
     cond = backbone.encode(prompts, guidance=guidance > 1).repeat_interleave(cfg.group_size)
-    traj = rollout(backbone, kernel, cond, cfg.sampling.num_steps, plan, torch.Generator().manual_seed(cfg.seed),
-                   guidance_scale=guidance)
-    with torch.no_grad():
-        images = backbone.decode(traj.x0)
+    with precision.autocast():
+        traj = rollout(backbone, kernel, cond, cfg.sampling.num_steps, plan,
+                       torch.Generator().manual_seed(cfg.seed), guidance_scale=guidance)
+        with torch.no_grad():
+            images = backbone.decode(traj.x0)
     seconds = time.perf_counter() - start
     save_grid(images, out / "grid.png", nrow=cfg.group_size, scale=4)
     summary = {

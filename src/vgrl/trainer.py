@@ -15,6 +15,10 @@ minibatch order) saved in each checkpoint with the optimiser, LR schedule, EMA, 
 counters, so a resumed run continues bit for bit (fp32, ``deterministic: true``, CPU). The policy is
 kept in eval mode throughout (no dropout), so the importance ratio is exactly 1 at the first inner
 step after a rollout.
+
+Devices (:mod:`vgrl.device`): the networks, rollouts and losses live on ``backbone.device``; random
+draws stay on CPU generators; ``prepare`` (advantages, algorithm state) runs on the CPU; network
+forwards run under ``train.mixed_precision``'s autocast with fp32 master weights.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,7 @@ from torch import Tensor
 from vgrl import backbones, checkpoint, distributed, registry
 from vgrl.algorithms.base import check_compatible
 from vgrl.config import RunConfig, save_config
+from vgrl.device import DeviceError, Precision, resolve_device, set_deterministic, to_cpu
 from vgrl.policy import PromptSampler, Reference, add_lora, export_pipeline, load_trainable_state, trainable_state
 from vgrl.rewards.base import NonFiniteRewardError
 from vgrl.rollout import kernel_for, make_seeds, plan_from_config, rollout
@@ -78,6 +83,8 @@ class Run:
     pairs: Any = None                  # the preference dataset of an offline pairwise run (data.preferences)
     rollout_dir: Path | None = None    # log.save_rollouts: where each iteration's samples are written
     monitor: Any = None                # eval.monitor: the reward-hacking monitor
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # backbone.device, resolved
+    precision: Precision = field(default_factory=Precision)                    # train.mixed_precision
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -157,10 +164,15 @@ def build(cfg: RunConfig) -> Run:
     """Components from the config, checked against each other before any model is loaded."""
     from vgrl.evaluation.world_eval import WorldEvaluator
 
-    torch.use_deterministic_algorithms(cfg.deterministic)
+    dist = distributed.init(cpu=cfg.backbone.device == "cpu" or not torch.cuda.is_available())
+    try:
+        device = resolve_device(cfg.backbone.device, dist.device, dist.world)
+        precision = Precision.build(cfg.train.mixed_precision, device)
+    except DeviceError as e:
+        raise TrainingError(str(e)) from None
+    set_deterministic(cfg.deterministic, device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    dist = distributed.init()
     if cfg.batch_size % (cfg.group_size * dist.world) or cfg.train.minibatch_size % dist.world:
         raise TrainingError(f"batch_size {cfg.batch_size} (groups of {cfg.group_size}) and train.minibatch_size "
                             f"{cfg.train.minibatch_size} must split evenly over {dist.world} processes")
@@ -169,6 +181,10 @@ def build(cfg: RunConfig) -> Run:
     pairs = _preference_data(cfg, algorithm, dist)
     torch.manual_seed(cfg.seed)
     backbone = backbones.build(cfg.backbone)
+    try:
+        backbone.to(device)
+    except NotImplementedError as e:
+        raise TrainingError(f"backbone.device: {e}") from None
     kernel = kernel_for(backbone, cfg.kernel.name, **cfg.kernel.options())
     plan = plan_from_config(cfg.sampling.plan, cfg.sampling.num_steps)
     use_ref = algorithm.needs.reference and cfg.train.reference == "auto"
@@ -184,6 +200,7 @@ def build(cfg: RunConfig) -> Run:
         add_lora(module, lora.rank, lora.alpha, lora.targets, lora.init_seed)
     ref = Reference(backbone, lora=lora is not None) if use_ref else None
     params = [p for p in module.parameters() if p.requires_grad]
+    precision.master_weights(params)
     t = cfg.train
     optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
     warmup = max(t.warmup_iterations, 1)
@@ -203,7 +220,7 @@ def build(cfg: RunConfig) -> Run:
 
         monitor = HackingMonitor(reward, cfg.eval.monitor.patience, cfg.eval.monitor.feature_resolution)
     return Run(cfg, dist, backbone, kernel, plan, reward, algorithm, module, params, optimizer, scheduler, ref, ema,
-               sampler, generators, evaluator, pairs=pairs, monitor=monitor)
+               sampler, generators, evaluator, pairs=pairs, monitor=monitor, device=device, precision=precision)
 
 
 def _preference_data(cfg: RunConfig, algorithm, dist: distributed.Dist):
@@ -268,10 +285,11 @@ def iterate(run: Run, counters: Counters) -> tuple[dict, Tensor | None]:
     prompts = [p for p in texts for _ in range(g)]
     metadata = [m for m in metas for _ in range(g)]
     cond = run.backbone.encode(texts, guidance=cfg.sampling.guidance_scale > 1).repeat_interleave(g)
-    traj = rollout(run.backbone, run.kernel, cond, cfg.sampling.num_steps, run.plan,
-                   seeds=seeds[groups.start * g: groups.stop * g], guidance_scale=cfg.sampling.guidance_scale)
-    with torch.no_grad():
-        images = run.backbone.decode(traj.x0)
+    with run.precision.autocast():
+        traj = rollout(run.backbone, run.kernel, cond, cfg.sampling.num_steps, run.plan,
+                       seeds=seeds[groups.start * g: groups.stop * g], guidance_scale=cfg.sampling.guidance_scale)
+        with torch.no_grad():
+            images = run.backbone.decode(traj.x0)
     row: dict[str, Any] = {"kind": "train"}
     try:
         reward = run.reward(images, prompts, metadata)
@@ -294,7 +312,7 @@ def iterate(run: Run, counters: Counters) -> tuple[dict, Tensor | None]:
         row["empty_batch"] = 1.0
         return row, images
     t1 = time.perf_counter()
-    row.update(update(run, counters, batch))
+    row.update(update(run, counters, batch.to(run.device)))
     row["seconds_update"] = time.perf_counter() - t1
     return row, images
 
@@ -312,7 +330,7 @@ def iterate_pairs(run: Run, counters: Counters) -> dict:
     batch = offline_batch(run.backbone, run.pairs, idx[mine], seeds[mine], cfg.sampling.num_steps)
     row: dict[str, Any] = {"kind": "train", "pairs": len(idx), "seconds_load": time.perf_counter() - t0}
     t1 = time.perf_counter()
-    row.update(update(run, counters, batch))
+    row.update(update(run, counters, batch.to(run.device)))
     row["seconds_update"] = time.perf_counter() - t1
     return row
 
@@ -331,15 +349,16 @@ def _detail_means(details: dict, batch: int) -> dict[str, float]:
 def _prepare(run: Run, traj, reward, scores: Tensor, draw, groups: slice) -> Batch:
     """``algorithm.prepare`` on the *global* batch (every process holds all prompts and, gathered, all
     scores, so advantages, per-prompt statistics and algorithm state are the same on every process);
-    this process keeps its own rows."""
+    this process keeps its own rows. It runs on the CPU (rewards are moved there; the trajectory stays put)."""
     g = run.cfg.group_size
     prompts = [p for p in draw.texts for _ in range(g)]
     metadata = [m for m in draw.metas for _ in range(g)]
     group_ids = torch.arange(len(draw.texts)).repeat_interleave(g)
     if run.dist.world == 1:
-        return run.algorithm.prepare(traj, reward, group_ids, prompts, metadata)
+        return run.algorithm.prepare(traj, reward.to("cpu"), group_ids, prompts, metadata)
     dense = None if reward.dense is None else run.dist.gather(reward.dense.detach().contiguous())
-    full = run.algorithm.prepare(traj, RewardOutput(scores=scores, dense=dense), group_ids, prompts, metadata)
+    full = run.algorithm.prepare(traj, RewardOutput(scores=scores, dense=dense).to("cpu"), group_ids, prompts,
+                                 metadata)
     rows = torch.arange(groups.start * g, groups.stop * g)
     pick = (lambda seq: None if seq is None else [seq[i] for i in rows.tolist()])
     return Batch(traj=traj, rewards=full.rewards[rows], adv=full.adv[rows], group_ids=full.group_ids[rows],
@@ -367,18 +386,23 @@ def update(run: Run, counters: Counters, batch: Batch) -> dict[str, float]:
 
 
 def optimizer_step(run: Run, counters: Counters, batch: Batch, minibatches: list[Tensor]) -> dict[str, float]:
-    """Accumulate the mean loss over ``minibatches`` x units, then one guarded optimiser step."""
+    """Accumulate the mean loss over ``minibatches`` x units, then one guarded optimiser step.
+
+    Under fp16 the loss is scaled before ``backward`` and the averaged gradients unscaled before the
+    finiteness check; a step that overflows the loss scale is skipped (the scaler halves its scale) and
+    does not count towards ``max_consecutive_skips`` while the scale is above 1."""
     metrics: dict[str, float] = {}
-    n_terms, poisoned = 0, False
+    n_terms, poisoned, bad_grad = 0, False, False
     for rows in minibatches:
         mb = batch.index(rows)
         units = run.algorithm.units(mb)
         for unit in units:
-            loss, m = run.algorithm.loss(run.backbone, run.kernel, mb, unit, run.ref)
+            with run.precision.autocast():
+                loss, m = run.algorithm.loss(run.backbone, run.kernel, mb, unit, run.ref)
             if not bool(torch.isfinite(loss)):
                 poisoned = True
                 break
-            (loss / (len(units) * len(minibatches))).backward()
+            run.precision.backward(loss / (len(units) * len(minibatches)))
             n_terms += 1
             for k, v in m.items():
                 metrics[k] = metrics.get(k, 0.0) + v
@@ -389,20 +413,23 @@ def optimizer_step(run: Run, counters: Counters, batch: Batch, minibatches: list
     poisoned = run.dist.any(poisoned)
     if not poisoned:
         run.dist.mean_(grads)
-        poisoned = run.dist.any(not all(bool(torch.isfinite(g).all()) for g in grads))
-    if poisoned:
+        for p, g in zip(run.params, grads):
+            p.grad = g
+        run.precision.unscale_(run.optimizer)
+        bad_grad = run.dist.any(not all(bool(torch.isfinite(g).all()) for g in grads))
+    if poisoned or bad_grad:
         run.optimizer.zero_grad(set_to_none=True)
         counters.skipped_steps += 1
+        if bad_grad and run.precision.skipped():  # fp16 loss-scale overflow: the scaler has lowered its scale
+            return {"skipped": 1.0, "scale_overflow": 1.0}
         counters.consecutive_skips += 1
         if counters.consecutive_skips >= run.cfg.train.max_consecutive_skips:
             raise TrainingError(f"{counters.consecutive_skips} consecutive optimiser steps had a non-finite loss "
                                 f"or gradient (iteration {counters.iteration + 1}); lower train.lr, check the "
                                 "reward, or raise train.max_consecutive_skips")
         return {"skipped": 1.0}
-    for p, g in zip(run.params, grads):
-        p.grad = g
     norm = torch.nn.utils.clip_grad_norm_(run.params, run.cfg.train.max_grad_norm or math.inf)
-    run.optimizer.step()
+    run.precision.step(run.optimizer)
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     if run.ema is not None:
@@ -411,6 +438,8 @@ def optimizer_step(run: Run, counters: Counters, batch: Batch, minibatches: list
     counters.consecutive_skips = 0
     out = {k: v / max(n_terms, 1) for k, v in metrics.items()}
     out.update(grad_norm=float(norm), skipped=0.0)
+    if run.precision.scaler is not None:
+        out["loss_scale"] = run.precision.scaler.get_scale()
     return out
 
 
@@ -439,8 +468,9 @@ def evaluate(run: Run, counters: Counters, tracker, grid: str | None) -> dict | 
             run.ema.store(run.params)
             run.ema.copy_to(run.params)
         try:
-            res = run.evaluator.run(progress=run.cfg.log.progress,
-                                    keep_images=len(run.evaluator.es.texts) if run.monitor else None)
+            with run.precision.autocast():
+                res = run.evaluator.run(progress=run.cfg.log.progress,
+                                        keep_images=len(run.evaluator.es.texts) if run.monitor else None)
             watch = _monitor(run, res) if run.monitor else {}
         finally:
             if run.ema is not None:
@@ -469,7 +499,8 @@ def _monitor(run: Run, res) -> dict[str, float]:
 
     m, ev = run.cfg.eval.monitor, run.evaluator
     div = diversity_set(ev.es, m.diversity_prompts, m.diversity_seeds)
-    div_images = ev.run(progress=False, keep_images=len(div.texts), es=div).images
+    with run.precision.autocast():
+        div_images = ev.run(progress=False, keep_images=len(div.texts), es=div).images
     groups = torch.arange(len(div.texts)) // m.diversity_seeds
     return run.monitor.observe(res.images, ev.es.texts, ev.es.metas, res.overall_accuracy, div_images, groups)
 
@@ -482,15 +513,19 @@ def save(run: Run, counters: Counters, before: dict | None, run_dir: Path) -> No
                  "generators": {k: g.get_state() for k, g in run.generators.items()},
                  "torch_rng": torch.get_rng_state(), "counters": asdict(counters), "before": before,
                  "ema": run.ema.state_dict() if run.ema is not None else None,
-                 "monitor": run.monitor.state_dict() if run.monitor is not None else None}
-        checkpoint.save(run_dir / "checkpoints", counters.iteration, trainable_state(run.module), state,
+                 "monitor": run.monitor.state_dict() if run.monitor is not None else None,
+                 "scaler": run.precision.state_dict()}
+        checkpoint.save(run_dir / "checkpoints", counters.iteration, trainable_state(run.module), to_cpu(state),
                         {"images": counters.images, "wall_seconds": counters.wall_seconds},
                         keep=run.cfg.train.keep_checkpoints)
     run.dist.barrier()
 
 
 def restore(run: Run, path: Path) -> tuple[Counters, dict | None]:
-    """Load a checkpoint into the built run; returns its counters and the before-training evaluation."""
+    """Load a checkpoint into the built run; returns its counters and the before-training evaluation.
+
+    The checkpoint is read onto the CPU (its RNG states must stay there); weights are copied into the run's
+    parameters, and optimiser and EMA state follow them to the run's device, so a run resumes on any device."""
     ckpt = checkpoint.load(path)
     load_trainable_state(run.module, ckpt.trainable)
     s = ckpt.state
@@ -505,6 +540,11 @@ def restore(run: Run, path: Path) -> tuple[Counters, dict | None]:
         raise TrainingError(f"{path}: train.ema_decay differs from the run that wrote this checkpoint")
     if run.ema is not None:
         run.ema.load_state_dict(s["ema"])
+        run.ema.to(device=run.device)
+    try:
+        run.precision.load_state_dict(s.get("scaler"), str(path))
+    except DeviceError as e:
+        raise TrainingError(str(e)) from None
     if run.monitor is not None and s.get("monitor") is not None:
         run.monitor.load_state_dict(s["monitor"])
     return Counters(**s["counters"]), s["before"]

@@ -142,10 +142,18 @@ class Trajectory:
         return self.x0.shape[0]
 
     def index(self, idx: Tensor | slice | list[int]) -> Trajectory:
-        """The sub-trajectory of samples ``idx`` (batch rows)."""
+        """The sub-trajectory of samples ``idx`` (batch rows; an index tensor may be on any device)."""
+        cpu_idx = idx.cpu() if isinstance(idx, Tensor) else idx  # seeds stay on the CPU
         return replace(self, x_t=self.x_t[idx], x_next=self.x_next[idx], t=self.t[idx],
                        s=self.s[idx], log_prob=self.log_prob[idx], x0=self.x0[idx],
-                       seeds=self.seeds[idx], cond=self.cond.index(idx))
+                       seeds=self.seeds[cpu_idx], cond=self.cond.index(idx))
+
+    def to(self, device: torch.device | str) -> Trajectory:
+        """The trajectory with its sample tensors (states, times, log-probs, ``x0``, ``cond``) on ``device``;
+        ``seeds``, ``step_idx`` and ``sde_steps`` are bookkeeping and stay on the CPU."""
+        return replace(self, x_t=self.x_t.to(device), x_next=self.x_next.to(device), t=self.t.to(device),
+                       s=self.s.to(device), log_prob=self.log_prob.to(device), x0=self.x0.to(device),
+                       cond=self.cond.to(device))
 
 
 @dataclass
@@ -166,6 +174,10 @@ class RewardOutput:
     def __post_init__(self) -> None:
         if self.scores.ndim != 1:
             raise ValueError(f"RewardOutput.scores must have shape (B,), got {tuple(self.scores.shape)}")
+
+    def to(self, device: torch.device | str) -> RewardOutput:
+        """``scores`` and ``dense`` on ``device`` (``details`` unchanged)."""
+        return replace(self, scores=self.scores.to(device), dense=None if self.dense is None else self.dense.to(device))
 
 
 @dataclass
@@ -200,3 +212,9 @@ class Batch:
         return Batch(traj=self.traj.index(rows), rewards=self.rewards[rows], adv=self.adv[rows],
                      group_ids=self.group_ids[rows], prompts=pick(self.prompts), metadata=pick(self.metadata),
                      weights=None if self.weights is None else self.weights[rows])
+
+    def to(self, device: torch.device | str) -> Batch:
+        """The batch with its trajectory (:meth:`Trajectory.to`) and training signal on ``device``."""
+        return Batch(traj=self.traj.to(device), rewards=self.rewards.to(device), adv=self.adv.to(device),
+                     group_ids=self.group_ids.to(device), prompts=self.prompts, metadata=self.metadata,
+                     weights=None if self.weights is None else self.weights.to(device))

@@ -23,7 +23,8 @@ with ``splitmix64(splitmix64(seed_i xor STREAM) xor k)`` (``seed_i = traj.seeds[
 global RNG: a resumed run redraws them exactly, and a sample's draws do not depend on the minibatch
 it lands in. ``STREAM`` keeps them apart from the rollout's own stream (``seeded(seed_i)``), whose
 first draw is the sample's initial noise. Inner epochs revisit a sample with the same draws; raise
-``num_timesteps`` for more of them.
+``num_timesteps`` for more of them. The generators are CPU generators whatever the device: the draws
+are copied to ``x0``'s device (:func:`noise`), so they are the same on CPU and GPU.
 """
 
 from __future__ import annotations
@@ -127,13 +128,15 @@ def _per_sample(v: Tensor, like: Tensor) -> Tensor:
 
 
 def noise(backbone, x0: Tensor, t: Tensor, eps: Tensor) -> Noised:
-    """The forward process at ``t`` and the regression target of ``backbone.prediction`` (module docstring)."""
+    """The forward process at ``t`` and the regression target of ``backbone.prediction`` (module docstring);
+    ``t`` and ``eps`` (drawn on the CPU) are moved to ``x0``'s device."""
     x0 = x0.to(torch.float32)
+    t, eps = t.to(x0.device), eps.to(x0.device)
     if backbone.prediction == "flow":
         tt = _per_sample(t, x0)
         return Noised(t, eps, (1 - tt) * x0 + tt * eps, eps - x0, torch.ones_like(tt), -tt)
     scheduler = backbone.scheduler
-    alpha = _per_sample(scheduler.alphas_cumprod.to(torch.float32)[t], x0)
+    alpha = _per_sample(scheduler.alphas_cumprod.to(x0.device, torch.float32)[t], x0)
     x_t = scheduler.add_noise(x0, eps, t)
     if backbone.prediction == "epsilon":
         return Noised(t, eps, x_t, eps, alpha.rsqrt(), -((1 - alpha) / alpha).sqrt())
@@ -170,7 +173,7 @@ def weighted_denoising_loss(backbone, batch: Batch, unit: int, options: NoisingO
         raise ValueError(f"weights must be (B,) = ({len(batch)},) and non-negative, got {tuple(weights.shape)}")
     rows = (weights > 0).nonzero().flatten()
     if rows.numel() == 0:
-        return torch.zeros((), requires_grad=True), {"denoise_loss": 0.0, "t_mean": 0.0}
+        return torch.zeros((), device=weights.device, requires_grad=True), {"denoise_loss": 0.0, "t_mean": 0.0}
     traj = batch.traj if rows.numel() == len(batch) else batch.traj.index(rows)
     nz = noised(backbone, traj, unit, options)
     pred = backbone.predict(nz.x_t, nz.t, traj.cond, 1.0)

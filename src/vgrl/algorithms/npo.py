@@ -72,8 +72,8 @@ class NegativeGuidance:
 
     Exposes what :func:`vgrl.rollout.rollout`, :func:`vgrl.rollout.kernel_for` and the evaluator use
     (``encode``, ``timesteps``, ``predict``, ``decode``, ``prediction``, ``sample_shape``, ``time_kind``,
-    ``scheduler``); prompts are encoded by ``base``, whose text encoders the negative model shares when it
-    was trained from ``base`` (vgrl trains the denoiser only).
+    ``scheduler``, ``device``: both models on ``base``'s); prompts are encoded by ``base``, whose text encoders
+    the negative model shares when it was trained from ``base`` (vgrl trains the denoiser only).
     """
 
     def __init__(self, base, negative) -> None:
@@ -84,7 +84,7 @@ class NegativeGuidance:
         self.base, self.negative = base, negative
         self.name = f"{base.name}+npo"
         self.prediction, self.sample_shape, self.time_kind = base.prediction, base.sample_shape, base.time_kind
-        self.scheduler = base.scheduler
+        self.scheduler, self.device = base.scheduler, base.device
 
     def encode(self, prompts: list[str], *, guidance: bool) -> Cond:
         return self.base.encode(prompts, guidance=guidance)

@@ -31,6 +31,8 @@ class Backbone(ABC):
     Instance attributes:
         prediction: the prediction type of this model.
         sample_shape: shape ``S`` of one sample in the working space (latents or pixels).
+        device: where the networks are (``to`` moves them); ``encode`` returns conditioning there and
+            ``predict`` / ``decode`` take inputs there. Noise is drawn on the CPU (``init_noise``) and moved.
     """
 
     name: ClassVar[str]
@@ -40,6 +42,15 @@ class Backbone(ABC):
 
     prediction: str
     sample_shape: tuple[int, ...]
+    device: torch.device = torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> Backbone:
+        """Move every network to ``device`` (in place; returns ``self``). A backbone that does not override
+        this runs on the CPU only."""
+        if torch.device(device).type != "cpu":
+            raise NotImplementedError(f"backbone {self.name!r} does not implement to(); it runs on the CPU only "
+                                      "(set backbone.device: cpu)")
+        return self
 
     @abstractmethod
     def encode(self, prompts: list[str], *, guidance: bool) -> Cond:

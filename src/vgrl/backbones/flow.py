@@ -50,11 +50,19 @@ class FlowBackbone(Backbone):
     def vae_scale(self) -> int:
         return 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
 
+    def to(self, device: torch.device | str) -> FlowBackbone:
+        """Move the pipeline's networks (text encoders, transformer, autoencoder) to ``device``; a no-op when there."""
+        device = torch.device(device)
+        if device != self.device:
+            self.pipe.to(device)
+            self.device = device
+        return self
+
     @torch.no_grad()
     def encode(self, prompts: list[str], *, guidance: bool) -> Cond:
         prompts = list(prompts)
         embeds, uncond, pooled, uncond_pooled = self.pipe.encode_prompt(
-            prompts, prompts, prompts, device="cpu", do_classifier_free_guidance=guidance,
+            prompts, prompts, prompts, device=self.device, do_classifier_free_guidance=guidance,
             max_sequence_length=self.max_sequence_length)
         if not guidance:
             uncond = uncond_pooled = None
@@ -65,7 +73,7 @@ class FlowBackbone(Backbone):
         return self.scheduler.sigmas.to(torch.float32).clone()
 
     def predict(self, x_t: Tensor, t: Tensor, cond: Cond, guidance_scale: float) -> Tensor:
-        timestep = t.to(torch.float32) * self.scheduler.config.num_train_timesteps
+        timestep = t.to(x_t.device, torch.float32) * self.scheduler.config.num_train_timesteps
         if self.check_guidance(cond, guidance_scale):
             v_u, v_c = self.transformer(
                 hidden_states=torch.cat([x_t, x_t]).to(self.dtype), timestep=torch.cat([timestep, timestep]),
@@ -85,7 +93,7 @@ class FlowBackbone(Backbone):
     def encode_images(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W)`` in [0, 1] -> ``(B, *S)``: ``(mode(E(2x - 1)) - shift) * scale`` (pixels: ``2x - 1``)."""
         check_images(images, self.sample_shape[-1] * self.vae_scale)
-        pixels = images.to(torch.float32) * 2 - 1
+        pixels = images.to(self.device, torch.float32) * 2 - 1
         if self.vae is None:
             return pixels
         latents = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.mode().float()

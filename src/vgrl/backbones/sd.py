@@ -47,9 +47,17 @@ class SDBackbone(Backbone):
     def vae_scale(self) -> int:
         return 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
 
+    def to(self, device: torch.device | str) -> SDBackbone:
+        """Move the pipeline's networks (text encoders, UNet, autoencoder) to ``device``; a no-op when there."""
+        device = torch.device(device)
+        if device != self.device:
+            self.pipe.to(device)
+            self.device = device
+        return self
+
     @torch.no_grad()
     def encode(self, prompts: list[str], *, guidance: bool) -> Cond:
-        embeds, uncond = self.pipe.encode_prompt(list(prompts), "cpu", 1, guidance)
+        embeds, uncond = self.pipe.encode_prompt(list(prompts), self.device, 1, guidance)
         return Cond(embeds=embeds, uncond_embeds=uncond if guidance else None)
 
     def timesteps(self, num_steps: int) -> Tensor:
@@ -59,6 +67,7 @@ class SDBackbone(Backbone):
         return torch.cat([ts, ts[-1:] - ratio])
 
     def predict(self, x_t: Tensor, t: Tensor, cond: Cond, guidance_scale: float) -> Tensor:
+        t = t.to(x_t.device)  # a schedule's times may come from the CPU
         if self.check_guidance(cond, guidance_scale):
             eps_u, eps_c = self.unet(torch.cat([x_t, x_t]).to(self.dtype), torch.cat([t, t]),
                                      encoder_hidden_states=torch.cat([cond.uncond_embeds, cond.embeds]),
@@ -75,7 +84,7 @@ class SDBackbone(Backbone):
     def encode_images(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W)`` in [0, 1] -> ``(B, *S)``: ``mode(E(2x - 1)) * scale`` (pixels: ``2x - 1``)."""
         check_images(images, self.sample_shape[-1] * self.vae_scale)
-        pixels = images.to(torch.float32) * 2 - 1
+        pixels = images.to(self.device, torch.float32) * 2 - 1
         if self.vae is None:
             return pixels
         return self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.mode().float() * self.vae.config.scaling_factor

@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn
@@ -39,6 +40,7 @@ KERNEL_PREDICTIONS: dict[str, tuple[str, ...]] = {
 }
 # diffusers scheduler ``prediction_type`` -> vgrl prediction, read from a local sd pipeline directory.
 SD_PREDICTION_TYPES = {"epsilon": "epsilon", "v_prediction": "v"}
+DEVICES = ("auto", "cpu", "cuda", "cuda:0")
 
 _TAG = "vgrl_config"  # pydantic error type of our own checks; ctx["problems"] holds (sub-loc, message)
 _MODEL = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -103,12 +105,22 @@ class BackboneConfig(BaseModel):
         None, description="network output; defaults from the backbone (sd: epsilon or the scheduler's, flow: flow)")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     resolution: int = Field(32, ge=8, le=4096, multiple_of=8, description="image side in pixels")
+    device: str = Field("auto", description="where the networks run: auto (the launcher's: cuda:LOCAL_RANK "
+                                            "when CUDA is available, else cpu) | cpu | cuda | cuda:N")
 
     @field_validator("name")
     @classmethod
     def _known_name(cls, name: str) -> str:
         _check_component("backbones", name, tuple(BACKBONE_PREDICTIONS))
         return name
+
+    @field_validator("device")
+    @classmethod
+    def _device_spec(cls, device: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+            _fail([((), f"{device!r} is not a device{_suggest(device, DEVICES)}; valid: auto, cpu, cuda, "
+                        "cuda:N (N = GPU index)")])
+        return device
 
     @field_validator("path")
     @classmethod
@@ -266,7 +278,7 @@ class RunConfig(BaseModel):
                                       "batch_size // group_size; null = the prompts of data.world")
     batch_size: int = Field(8, ge=1, description="images per batch")
     group_size: int = Field(1, ge=1, description="samples per prompt")
-    deterministic: bool = Field(True, description="fp32 deterministic CPU mode")
+    deterministic: bool = Field(True, description="fp32 deterministic mode (bitwise reproducible on CPU)")
     run_dir: str | None = Field(None, min_length=1, description="output directory")
     data: DataConfig = Field(default_factory=DataConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
@@ -312,6 +324,14 @@ class RunConfig(BaseModel):
                                                     "(deterministic mode is fp32); valid: 'float32', "
                                                     "or set deterministic: false"))
         t = self.train
+        if t.mixed_precision != "no" and self.deterministic:
+            problems.append((("train", "mixed_precision"), f"{t.mixed_precision!r} with deterministic: true "
+                                                           "(deterministic mode is fp32); valid: 'no', or set "
+                                                           "deterministic: false"))
+        elif t.mixed_precision == "fp16" and self.backbone.device == "cpu":
+            problems.append((("train", "mixed_precision"), "'fp16' is not supported on backbone.device 'cpu' "
+                                                           "(CPU autocast computes in bfloat16); valid on cpu: "
+                                                           "'no', 'bf16'"))
         if t.minibatch_size is None:
             t.minibatch_size = b
         per_step = t.minibatch_size * t.grad_accum

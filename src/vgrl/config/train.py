@@ -82,9 +82,10 @@ class DataConfig(BaseModel):
     categories: list[str] | None = Field(None, min_length=1,
                                          description="train only on these prompt categories of the split "
                                                      "(default: all); each is drawn equally often")
-    preferences: str | None = Field(None, description="preference dataset (a pairs.jsonl index or a directory "
-                                                     "holding one, docs/preferences.md) that an offline pairwise "
-                                                     "algorithm (diffusion_dpo, npo with mode: offline) trains on")
+    preferences: str | None = Field(None, description="preference dataset (a pairs.jsonl or pairs.parquet index "
+                                                     "or a directory holding one, docs/preferences.md) that an offline "
+                                                     "pairwise algorithm (diffusion_dpo, npo with mode: offline) "
+                                                     "trains on")
 
     @field_validator("preferences")
     @classmethod
@@ -92,11 +93,11 @@ class DataConfig(BaseModel):
         if path is None:
             return None
         p = Path(path).expanduser()
-        if not (p.is_file() or (p / "pairs.jsonl").is_file()):
+        if not (p.is_file() or (p / "pairs.jsonl").is_file() or (p / "pairs.parquet").is_file()):
             from vgrl.config.schema import _fail
 
-            _fail([((), f"{path!r} is neither a pairs.jsonl index nor a directory holding one "
-                        "(build one with 'vgrl pairs --from-run RUN --out DIR')")])
+            _fail([((), f"{path!r} is neither a pairs.jsonl index nor a pairs.parquet index nor a "
+                        "directory holding one (build one with 'vgrl pairs --from-run RUN --out DIR')")])
         return path
 
     @field_validator("world")
@@ -146,6 +147,14 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(10, ge=1, description="iterations between checkpoints")
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; null = torch's default")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="autocast of the network forwards (fp32 master weights and optimiser); fp16 adds a "
+                          "loss scaler and needs CUDA; needs deterministic: false")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        return "no" if value is False else value  # YAML reads a bare `no` as false
 
 
 class MonitorConfig(BaseModel):

@@ -93,7 +93,7 @@ def evaluate(backbone: Backbone, world, es: EvalSet, *, num_steps: int, guidance
             passed.append(verdict.passed.float())
             scores.append(verdict.score.float())
             if sum(len(x) for x in kept) < keep_images:
-                kept.append(images)
+                kept.append(images.cpu())
             bar.advance(task, hi - lo)
     passed_t, scores_t = torch.cat(passed), torch.cat(scores)
     cats = sorted(set(es.categories), key=es.categories.index)
@@ -142,13 +142,14 @@ class WorldEvaluator:
 
 def run(model: str, world_name: str = "shapes", split: str = "heldout", *, per_category: int = 128,
         num_steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
-        out_dir: str = "runs/eval", kernel: str = "ode", negative_model: str | None = None) -> EvalResult:
+        out_dir: str = "runs/eval", kernel: str = "ode", negative_model: str | None = None,
+        device: str = "auto") -> EvalResult:
     """``vgrl eval``: load a pipeline directory, score it, print the table, write eval.json and a grid.
 
     Sampling settings default to the ones a vgrl-trained model records in its ``vgrl.json``
     (``eval_steps``, ``eval_guidance``), else 10 steps and guidance 1. ``negative_model``: a pipeline
     directory whose denoiser replaces the model's in the unconditional CFG branch (Diffusion-NPO,
-    :class:`vgrl.algorithms.npo.NegativeGuidance`).
+    :class:`vgrl.algorithms.npo.NegativeGuidance`). ``device``: auto | cpu | cuda | cuda:N, as ``backbone.device``.
     """
     import json
     from pathlib import Path
@@ -158,19 +159,21 @@ def run(model: str, world_name: str = "shapes", split: str = "heldout", *, per_c
 
     from vgrl import backbones, registry
     from vgrl.backbones.base import read_meta
+    from vgrl.device import resolve_device
     from vgrl.tracking import save_grid
 
     meta = read_meta(model)
     num_steps = num_steps or meta.get("eval_steps", 10)
     guidance_scale = guidance_scale or meta.get("eval_guidance", 1.0)
-    backbone = backbones.load(model)
+    where = resolve_device(device)
+    backbone = backbones.load(model).to(where)
     if negative_model is not None:
         from vgrl.algorithms.npo import NegativeGuidance
 
         if guidance_scale <= 1:
             raise ValueError(f"--negative-model acts through classifier-free guidance; give --guidance > 1 "
                              f"(got {guidance_scale})")
-        backbone = NegativeGuidance(backbone, backbones.load(negative_model))
+        backbone = NegativeGuidance(backbone, backbones.load(negative_model).to(where))
     world = registry.resolve("worlds", world_name)(resolution=meta.get("resolution", 32))
     if split not in world.splits:
         raise ValueError(f"unknown split {split!r} for world {world_name!r}; valid: {', '.join(world.splits)}")
