@@ -18,19 +18,12 @@ from vgrl.config import ConfigError, apply_overrides, dump_config, load_config, 
 from vgrl.device import DeviceError, Precision, resolve_device, to_cpu
 from vgrl.trainer import TrainingError, train
 
-TINY = {
-    "seed": 0,
-    "backbone": {"name": "flow", "tiny": True, "resolution": 32},
-    "kernel": {"name": "flow_sde", "noise_level": 0.7},
-    "sampling": {"num_steps": 4, "plan": {"kind": "window", "window_start": 0, "window_size": 2}},
-    "data": {"world": "shapes", "split": "train"},
-    "batch_size": 8, "group_size": 4,
-    "reward": {"name": "jpeg"},
-    "algorithm": {"name": "flow_grpo", "beta": 0.01},
-    "train": {"iterations": 1, "lr": 1e-3, "minibatch_size": 4, "grad_accum": 2, "checkpoint_every": 1},
-    "eval": {"before": False, "every": None, "per_category": 1, "batch_size": 8},
-    "log": {"grid_every": None, "progress": False, "tensorboard": False},
-}
+from tests.recipes.test_train import TINY as TRAIN_TINY
+
+TINY = {**json.loads(json.dumps(TRAIN_TINY)),
+        "train": {**TRAIN_TINY["train"], "iterations": 1},
+        "eval": {"before": False, "every": None, "per_category": 1, "batch_size": 8},
+        "log": {"grid_every": None, "progress": False, "tensorboard": False}}
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
 
 

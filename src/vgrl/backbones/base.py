@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -107,6 +107,21 @@ class Backbone(ABC):
         if guidance_scale > 1.0 and cond.uncond_embeds is None:
             raise ValueError("guidance_scale > 1 needs the unconditional branch: encode(prompts, guidance=True)")
         return guidance_scale > 1.0
+
+
+
+class PipelineBackbone(Backbone):
+    """A backbone whose networks are the modules of one diffusers pipeline ``self.pipe``."""
+
+    pipe: Any
+
+    def to(self, device: torch.device | str) -> PipelineBackbone:
+        """Move the pipeline's networks (text encoders, denoiser, autoencoder) to ``device``; a no-op when there."""
+        device = torch.device(device)
+        if device != self.device:
+            self.pipe.to(device)
+            self.device = device
+        return self
 
 
 def check_images(images: Tensor, size: int) -> None:

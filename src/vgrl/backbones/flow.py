@@ -17,11 +17,11 @@ from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, St
 from torch import Tensor, nn
 
 from vgrl.backbones import _tiny
-from vgrl.backbones.base import DTYPES, Backbone, check_images, read_meta, to_unit
+from vgrl.backbones.base import DTYPES, PipelineBackbone, check_images, read_meta, to_unit
 from vgrl.types import Cond
 
 
-class FlowBackbone(Backbone):
+class FlowBackbone(PipelineBackbone):
     """Rectified flow with an MM-DiT transformer; ``prediction = "flow"``."""
 
     name = "flow"
@@ -50,13 +50,6 @@ class FlowBackbone(Backbone):
     def vae_scale(self) -> int:
         return 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
 
-    def to(self, device: torch.device | str) -> FlowBackbone:
-        """Move the pipeline's networks (text encoders, transformer, autoencoder) to ``device``; a no-op when there."""
-        device = torch.device(device)
-        if device != self.device:
-            self.pipe.to(device)
-            self.device = device
-        return self
 
     @torch.no_grad()
     def encode(self, prompts: list[str], *, guidance: bool) -> Cond:

@@ -14,11 +14,11 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionMod
 from torch import Tensor, nn
 
 from vgrl.backbones import _tiny
-from vgrl.backbones.base import DTYPES, Backbone, check_images, to_unit
+from vgrl.backbones.base import DTYPES, PipelineBackbone, check_images, to_unit
 from vgrl.types import Cond
 
 
-class SDBackbone(Backbone):
+class SDBackbone(PipelineBackbone):
     """Latent (or pixel) diffusion with a conditional UNet; ``prediction`` in {epsilon, v}."""
 
     name = "sd"
@@ -47,13 +47,6 @@ class SDBackbone(Backbone):
     def vae_scale(self) -> int:
         return 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
 
-    def to(self, device: torch.device | str) -> SDBackbone:
-        """Move the pipeline's networks (text encoders, UNet, autoencoder) to ``device``; a no-op when there."""
-        device = torch.device(device)
-        if device != self.device:
-            self.pipe.to(device)
-            self.device = device
-        return self
 
     @torch.no_grad()
     def encode(self, prompts: list[str], *, guidance: bool) -> Cond:
