@@ -46,7 +46,9 @@ def summary_lines(cfg) -> list[str]:
         f"{' (no CFG)' if sampling.guidance_scale == 1 else ''}, plan {plan_text}; "
         f"SDE steps {_steps(sampling.sde_steps())}, recorded {_steps(sampling.recorded_steps())}",
         f"  batch     {cfg.batch_size} images = {n_prompts} prompt(s) x group {cfg.group_size} "
-        + (f"({len(cfg.prompts)} prompts given)" if cfg.prompts else f"(world {cfg.data.world}, split {cfg.data.split})")
+        + (f"({len(cfg.prompts)} prompts given)" if cfg.prompts else f"(world {cfg.data.world}, split {cfg.data.split}"
+                                                    + (f", categories {', '.join(cfg.data.categories)})"
+                                                       if cfg.data.categories else ")"))
         + f", seed {cfg.seed}, "
         + ("deterministic" if cfg.deterministic else "non-deterministic"),
     ]
