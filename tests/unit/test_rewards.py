@@ -28,7 +28,8 @@ class Fixed(Reward):
         values: list[float]
 
     def compute(self, images, prompts, metadata):
-        return RewardOutput(torch.tensor(self.options.values, dtype=torch.float32, device=images.device))
+        return RewardOutput(torch.tensor(self.options.values, dtype=torch.float32, device=images.device),
+                            {"raw": list(self.options.values)})
 
 
 class Brightness(Reward):

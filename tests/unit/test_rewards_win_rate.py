@@ -10,24 +10,12 @@ from scipy.stats import rankdata
 from vgrl import registry, rewards
 from vgrl.cli import main
 from vgrl.config import load_config
-from vgrl.rewards.base import Reward, RewardInputError, RewardOptions
+from vgrl.rewards.base import RewardInputError
 from vgrl.rewards.win_rate import WinRate, win_rates
 from vgrl.types import RewardOutput
 from vgrl.worlds.shapes import ShapesWorld
 
-
-class Fixed(Reward):
-    """Test inner reward: returns the scores given in its options."""
-
-    name = "fixed"
-    differentiable = False
-    granularity = "pointwise"
-
-    class Options(RewardOptions):
-        values: list[float]
-
-    def compute(self, images, prompts, metadata):
-        return RewardOutput(torch.tensor(self.options.values, dtype=torch.float32), {"raw": list(self.options.values)})
+from tests.unit.test_rewards import Fixed
 
 
 def _images(b: int) -> torch.Tensor:
