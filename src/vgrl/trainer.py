@@ -12,7 +12,7 @@ One iteration (DESIGN.md)::
 
 Exactness: every random draw of the loop comes from a named ``torch.Generator`` (prompts, seeds,
 minibatch order) saved in each checkpoint with the optimiser, LR schedule, EMA, algorithm state and
-counters, so a resumed run continues bit for bit (fp32, ``deterministic: true``, CPU). The policy is
+counters (:mod:`vgrl.run_state`), so a resumed run continues bit for bit (fp32, ``deterministic: true``, CPU). The policy is
 kept in eval mode throughout (no dropout), so the importance ratio is exactly 1 at the first inner
 step after a rollout.
 
@@ -26,38 +26,22 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from vgrl import backbones, checkpoint, distributed, registry
+from vgrl import backbones, distributed, registry
 from vgrl.algorithms.base import check_compatible
 from vgrl.config import RunConfig, save_config
-from vgrl.device import DeviceError, Precision, resolve_device, set_deterministic, to_cpu
-from vgrl.policy import PromptSampler, Reference, add_lora, export_pipeline, load_trainable_state, trainable_state
+from vgrl.device import DeviceError, Precision, resolve_device, set_deterministic
+from vgrl.policy import PromptSampler, Reference, add_lora, export_pipeline
 from vgrl.rewards.base import NonFiniteRewardError
 from vgrl.rollout import kernel_for, make_seeds, plan_from_config, rollout
+from vgrl.run_state import Counters, TrainingError, restore, resume_point, save
 from vgrl.types import Batch, RewardOutput
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (too many consecutive non-finite steps, a bad resume point, ...)."""
-
-
-@dataclass
-class Counters:
-    """Progress that a checkpoint restores."""
-
-    iteration: int = 0
-    images: int = 0
-    wall_seconds: float = 0.0          # training time: collect + update, evaluation excluded
-    eval_seconds: float = 0.0
-    optimizer_steps: int = 0
-    skipped_steps: int = 0
-    consecutive_skips: int = 0
 
 
 @dataclass
@@ -104,7 +88,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: str | None 
     run_dir = Path(run_dir or cfg.run_dir or "runs/train")
     run = build(cfg)
     counters, before = Counters(), None
-    start_from = _resume_point(run_dir, resume)
+    start_from = resume_point(run_dir, resume)
     if resume is None and (run_dir / "metrics.jsonl").exists():
         raise TrainingError(f"{run_dir} already holds a run (metrics.jsonl); continue it with --resume auto, or "
                             "choose another --run-dir (nothing was overwritten)")
@@ -505,51 +489,6 @@ def _monitor(run: Run, res) -> dict[str, float]:
     return run.monitor.observe(res.images, ev.es.texts, ev.es.metas, res.overall_accuracy, div_images, groups)
 
 
-def save(run: Run, counters: Counters, before: dict | None, run_dir: Path) -> None:
-    """Write a complete checkpoint (main process) of everything the next iteration depends on."""
-    if run.dist.main:
-        state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-                 "algorithm": run.algorithm.state_dict(), "sampler": run.sampler.state_dict(),
-                 "generators": {k: g.get_state() for k, g in run.generators.items()},
-                 "torch_rng": torch.get_rng_state(), "counters": asdict(counters), "before": before,
-                 "ema": run.ema.state_dict() if run.ema is not None else None,
-                 "monitor": run.monitor.state_dict() if run.monitor is not None else None,
-                 "scaler": run.precision.state_dict()}
-        checkpoint.save(run_dir / "checkpoints", counters.iteration, trainable_state(run.module), to_cpu(state),
-                        {"images": counters.images, "wall_seconds": counters.wall_seconds},
-                        keep=run.cfg.train.keep_checkpoints)
-    run.dist.barrier()
-
-
-def restore(run: Run, path: Path) -> tuple[Counters, dict | None]:
-    """Load a checkpoint into the built run; returns its counters and the before-training evaluation.
-
-    The checkpoint is read onto the CPU (its RNG states must stay there); weights are copied into the run's
-    parameters, and optimiser and EMA state follow them to the run's device, so a run resumes on any device."""
-    ckpt = checkpoint.load(path)
-    load_trainable_state(run.module, ckpt.trainable)
-    s = ckpt.state
-    run.optimizer.load_state_dict(s["optimizer"])
-    run.scheduler.load_state_dict(s["scheduler"])
-    run.algorithm.load_state_dict(s["algorithm"])
-    run.sampler.load_state_dict(s["sampler"])
-    for k, g in run.generators.items():
-        g.set_state(s["generators"][k])
-    torch.set_rng_state(s["torch_rng"])
-    if (s["ema"] is None) != (run.ema is None):
-        raise TrainingError(f"{path}: train.ema_decay differs from the run that wrote this checkpoint")
-    if run.ema is not None:
-        run.ema.load_state_dict(s["ema"])
-        run.ema.to(device=run.device)
-    try:
-        run.precision.load_state_dict(s.get("scaler"), str(path))
-    except DeviceError as e:
-        raise TrainingError(str(e)) from None
-    if run.monitor is not None and s.get("monitor") is not None:
-        run.monitor.load_state_dict(s["monitor"])
-    return Counters(**s["counters"]), s["before"]
-
-
 def export(run: Run, out: Path, counters: Counters) -> Path:
     """The trained model as a diffusers pipeline directory (EMA weights when enabled, LoRA merged)."""
     from vgrl.backbones.base import read_meta
@@ -566,18 +505,6 @@ def export(run: Run, out: Path, counters: Counters) -> Path:
     finally:
         if run.ema is not None:
             run.ema.restore(run.params)
-
-
-def _resume_point(run_dir: Path, resume: str | None) -> Path | None:
-    if resume is None:
-        return None
-    if resume == "auto":
-        return checkpoint.latest(run_dir / "checkpoints")
-    path = Path(resume)
-    if not checkpoint.is_valid(path):
-        raise TrainingError(f"--resume {resume}: not a complete checkpoint directory; use 'auto' or one of "
-                            f"{[p.name for p in checkpoint.list_checkpoints(run_dir / 'checkpoints')]}")
-    return path
 
 
 def _finished(cfg: RunConfig, counters: Counters) -> bool:
