@@ -121,14 +121,16 @@ class Precision:
     scaler: Any = None
 
     @classmethod
-    def build(cls, mode: str, device: torch.device) -> Precision:
-        """Check ``mode`` against ``device`` (fp16 needs CUDA) and make the scaler of ``fp16``."""
+    def build(cls, mode: str, device: torch.device, field: str = "train.mixed_precision",
+              training: bool = True) -> Precision:
+        """Check ``mode`` (of config ``field``) against ``device`` (fp16 needs CUDA); make the loss scaler of
+        ``fp16`` when the precision is the ``training`` one (rollouts and evaluation only autocast)."""
         if mode not in PRECISIONS:
-            raise DeviceError(f"train.mixed_precision: {mode!r}; valid: {', '.join(PRECISIONS)}")
+            raise DeviceError(f"{field}: {mode!r}; valid: {', '.join(PRECISIONS)}")
         if mode == "fp16" and device.type != "cuda":
-            raise DeviceError(f"train.mixed_precision: 'fp16' needs a CUDA device, but the run is on {device} "
+            raise DeviceError(f"{field}: 'fp16' needs a CUDA device, but the run is on {device} "
                               f"(CPU autocast computes in bfloat16); valid on {device.type}: 'no', 'bf16'")
-        scaler = torch.amp.GradScaler(device.type) if mode == "fp16" else None
+        scaler = torch.amp.GradScaler(device.type) if mode == "fp16" and training else None
         return cls(device, mode, scaler)
 
     @property

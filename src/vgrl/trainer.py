@@ -18,7 +18,8 @@ step after a rollout.
 
 Devices (:mod:`vgrl.device`): the networks, rollouts and losses live on ``backbone.device``; random
 draws stay on CPU generators; ``prepare`` (advantages, algorithm state) runs on the CPU; network
-forwards run under ``train.mixed_precision``'s autocast with fp32 master weights.
+forwards run under ``train.mixed_precision``'s autocast with fp32 master weights; rollouts under
+``sampling.mixed_precision`` and evaluation under ``eval.mixed_precision`` (each defaults to the training one).
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class Run:
     monitor: Any = None                # eval.monitor: the reward-hacking monitor
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # backbone.device, resolved
     precision: Precision = field(default_factory=Precision)                    # train.mixed_precision
+    sampling_precision: Precision = field(default_factory=Precision)           # sampling.mixed_precision
+    eval_precision: Precision = field(default_factory=Precision)               # eval.mixed_precision
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -152,6 +155,10 @@ def build(cfg: RunConfig) -> Run:
     try:
         device = resolve_device(cfg.backbone.device, dist.device, dist.world)
         precision = Precision.build(cfg.train.mixed_precision, device)
+        sampling_precision = Precision.build(cfg.sampling.mixed_precision or cfg.train.mixed_precision, device,
+                                             "sampling.mixed_precision", training=False)
+        eval_precision = Precision.build(cfg.eval.mixed_precision or cfg.train.mixed_precision, device,
+                                         "eval.mixed_precision", training=False)
     except DeviceError as e:
         raise TrainingError(str(e)) from None
     set_deterministic(cfg.deterministic, device)
@@ -176,6 +183,10 @@ def build(cfg: RunConfig) -> Run:
         check_compatible(algorithm, kernel, reward, group_size=cfg.group_size, has_reference=use_ref)
     except ValueError as e:
         raise TrainingError(str(e)) from None
+    if algorithm.needs.step_log_probs and sampling_precision.mode != precision.mode:
+        raise TrainingError(f"sampling.mixed_precision: {sampling_precision.mode!r} differs from train.mixed_precision "
+                            f"{precision.mode!r}, but {cfg.algorithm.name!r} recomputes the rollout's log-probs "
+                            "in training precision (the importance ratio would not start at 1); valid: null")
 
     module = backbone.trainable()
     module.eval()
@@ -204,7 +215,8 @@ def build(cfg: RunConfig) -> Run:
 
         monitor = HackingMonitor(reward, cfg.eval.monitor.patience, cfg.eval.monitor.feature_resolution)
     return Run(cfg, dist, backbone, kernel, plan, reward, algorithm, module, params, optimizer, scheduler, ref, ema,
-               sampler, generators, evaluator, pairs=pairs, monitor=monitor, device=device, precision=precision)
+               sampler, generators, evaluator, pairs=pairs, monitor=monitor, device=device, precision=precision,
+               sampling_precision=sampling_precision, eval_precision=eval_precision)
 
 
 def _preference_data(cfg: RunConfig, algorithm, dist: distributed.Dist):
@@ -269,7 +281,7 @@ def iterate(run: Run, counters: Counters) -> tuple[dict, Tensor | None]:
     prompts = [p for p in texts for _ in range(g)]
     metadata = [m for m in metas for _ in range(g)]
     cond = run.backbone.encode(texts, guidance=cfg.sampling.guidance_scale > 1).repeat_interleave(g)
-    with run.precision.autocast():
+    with run.sampling_precision.autocast():
         traj = rollout(run.backbone, run.kernel, cond, cfg.sampling.num_steps, run.plan,
                        seeds=seeds[groups.start * g: groups.stop * g], guidance_scale=cfg.sampling.guidance_scale)
         with torch.no_grad():
@@ -452,7 +464,7 @@ def evaluate(run: Run, counters: Counters, tracker, grid: str | None) -> dict | 
             run.ema.store(run.params)
             run.ema.copy_to(run.params)
         try:
-            with run.precision.autocast():
+            with run.eval_precision.autocast():
                 res = run.evaluator.run(progress=run.cfg.log.progress,
                                         keep_images=len(run.evaluator.es.texts) if run.monitor else None)
             watch = _monitor(run, res) if run.monitor else {}
@@ -483,7 +495,7 @@ def _monitor(run: Run, res) -> dict[str, float]:
 
     m, ev = run.cfg.eval.monitor, run.evaluator
     div = diversity_set(ev.es, m.diversity_prompts, m.diversity_seeds)
-    with run.precision.autocast():
+    with run.eval_precision.autocast():
         div_images = ev.run(progress=False, keep_images=len(div.texts), es=div).images
     groups = torch.arange(len(div.texts)) // m.diversity_seeds
     return run.monitor.observe(res.images, ev.es.texts, ev.es.metas, res.overall_accuracy, div_images, groups)

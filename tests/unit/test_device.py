@@ -16,7 +16,7 @@ import yaml
 from vgrl import checkpoint
 from vgrl.config import ConfigError, apply_overrides, dump_config, load_config, validate_config
 from vgrl.device import DeviceError, Precision, resolve_device, to_cpu
-from vgrl.trainer import TrainingError, train
+from vgrl.trainer import TrainingError, build, train
 
 from tests.recipes.test_train import TINY as TRAIN_TINY
 
@@ -60,6 +60,11 @@ def errors_for(overrides):
     (["train.mixed_precision=fp16", "deterministic=false", "backbone.device=cpu"], "train.mixed_precision",
      ["'fp16' is not supported on backbone.device 'cpu'", "valid on cpu: 'no', 'bf16'"]),
     (["train.mixed_precision=fp32", "deterministic=false"], "train.mixed_precision", ["'no', 'bf16' or 'fp16'"]),
+    (["sampling.mixed_precision=bf16"], "sampling.mixed_precision",
+     ["'bf16' with deterministic: true", "valid: 'no', or set deterministic: false"]),
+    (["eval.mixed_precision=fp16", "deterministic=false", "backbone.device=cpu"], "eval.mixed_precision",
+     ["'fp16' is not supported on backbone.device 'cpu'"]),
+    (["sampling.mixed_precision=half", "deterministic=false"], "sampling.mixed_precision", ["'no', 'bf16' or 'fp16'"]),
 ])
 def test_bad_device_or_precision_names_the_field(overrides, path, needles):
     messages = [m for m in errors_for(overrides) if m.startswith(f"{path}: ")]
@@ -70,11 +75,13 @@ def test_bad_device_or_precision_names_the_field(overrides, path, needles):
 def test_good_settings_validate_and_round_trip():
     for overrides in (["backbone.device=cuda:1"], ["train.mixed_precision=no"],  # YAML reads a bare no as false
                       ["train.mixed_precision=fp16", "deterministic=false", "backbone.device=cuda"],
-                      ["train.mixed_precision=bf16", "deterministic=false", "backbone.device=cpu"]):
+                      ["train.mixed_precision=bf16", "deterministic=false", "backbone.device=cpu"],
+                      ["sampling.mixed_precision=bf16", "eval.mixed_precision=no", "deterministic=false"]):
         cfg = validate_config(apply_overrides(copy.deepcopy(TINY), overrides))
         assert validate_config(yaml.safe_load(dump_config(cfg))) == cfg
-    cfg = validate_config(apply_overrides(copy.deepcopy(TINY), ["train.mixed_precision=no"]))
-    assert cfg.train.mixed_precision == "no" and cfg.backbone.device == "auto"
+    cfg = validate_config(apply_overrides(copy.deepcopy(TINY), ["train.mixed_precision=no", "eval.mixed_precision=no"]))
+    assert cfg.train.mixed_precision == "no" and cfg.eval.mixed_precision == "no" and cfg.backbone.device == "auto"
+    assert cfg.sampling.mixed_precision is None  # null: rollouts follow train.mixed_precision
 
 
 @NO_CUDA
@@ -178,6 +185,66 @@ def test_bf16_autocast_on_cpu_end_to_end(tmp_path):
         tr = run.kernel.step(pred, x, t, torch.tensor([0.25]), prediction="flow", noise=torch.zeros_like(x))
     assert pred.dtype == torch.bfloat16 and tr.log_prob.dtype == torch.float32
     assert run.backbone.predict(x, t, cond, 1.0).dtype == torch.float32  # outside: fp32
+
+
+class _Log:
+    """The tracker's two calls that ``evaluate`` makes, kept in a list."""
+
+    def __init__(self) -> None:
+        self.rows = []
+
+    def log(self, row) -> None:
+        self.rows.append(row)
+
+    def image(self, *args) -> None:
+        pass
+
+
+def _prediction_dtypes(run, phase):
+    """Wrap ``run.backbone.predict`` to record ``(phase(), output dtype)`` of every call."""
+    seen, predict = [], run.backbone.predict
+
+    def recording(*args, **kwargs):
+        out = predict(*args, **kwargs)
+        seen.append((phase(), out.dtype))
+        return out
+
+    run.backbone.predict = recording
+    return seen
+
+
+@pytest.mark.parametrize("eval_mode, eval_dtype", [(None, torch.float32), ("bf16", torch.bfloat16)])
+def test_rollout_and_eval_precision_apart_from_training(tmp_path, eval_mode, eval_dtype):
+    # nft (no log-probs): rollouts under sampling.mixed_precision bf16, the update in fp32, the evaluation
+    # in eval.mixed_precision (null: the training precision)
+    from vgrl.trainer import Counters, evaluate, iterate
+
+    ode = {**TINY["sampling"], "plan": {"kind": "ode"}}
+    common = dict(deterministic=False, algorithm={"name": "nft", "num_timesteps": 1}, kernel={"name": "ode"},
+                  eval={**TINY["eval"], "mixed_precision": eval_mode})
+    run = build(config(tmp_path, sampling={**ode, "mixed_precision": "bf16"}, **common))
+    assert (run.precision.mode, run.sampling_precision.mode) == ("no", "bf16") and run.sampling_precision.scaler is None
+    phase = {"now": "rollout"}
+    seen = _prediction_dtypes(run, lambda: phase["now"])
+    row, _ = iterate(run, Counters())
+    phase["now"] = "eval"
+    evaluate(run, Counters(), _Log(), None)
+    dtypes = {p: {d for q, d in seen if q == p} for p in ("rollout", "eval")}
+    assert dtypes["rollout"] == {torch.bfloat16, torch.float32}  # sampling forwards bf16, then the fp32 update
+    assert [d for _, d in seen[:4]] == [torch.bfloat16] * 4  # the 4 sampling steps
+    assert dtypes["eval"] == {eval_dtype}
+    assert math.isfinite(row["loss"]) and row["grad_norm"] > 0
+    # the same run in fp32 throughout samples other images (the rewards differ)
+    plain, _ = iterate(build(config(tmp_path, sampling=ode, **common)), Counters())
+    assert plain["reward_mean"] != row["reward_mean"]
+
+
+def test_ratio_algorithms_refuse_a_rollout_precision_of_their_own(tmp_path):
+    cfg = config(tmp_path, deterministic=False, sampling={**TINY["sampling"], "mixed_precision": "bf16"})
+    with pytest.raises(TrainingError, match=r"sampling.mixed_precision: 'bf16' differs from train.mixed_precision "
+                                            r"'no', but 'flow_grpo' recomputes the rollout's log-probs"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def _cpu_fp16(monkeypatch, init_scale, inf_steps):

@@ -26,7 +26,8 @@ from pydantic_core import PydanticCustomError
 from vgrl import registry
 from vgrl.kernels.options import BUILTIN as KERNEL_OPTIONS
 from vgrl.kernels.options import KernelOptions
-from vgrl.config.train import AlgorithmConfig, DataConfig, EvalConfig, LogConfig, RewardConfig, TrainConfig, _Named
+from vgrl.config.train import (AlgorithmConfig, DataConfig, EvalConfig, LogConfig, MixedPrecision, RewardConfig,
+                               TrainConfig, _Named, yaml_no)
 
 # Torch-free capability tables, so that validation can pair kernels with backbones without importing
 # a model. A conformance test keeps them in sync with ``Backbone.predictions`` / ``Kernel.predictions``.
@@ -224,6 +225,15 @@ class SamplingConfig(BaseModel):
     num_steps: int = Field(10, ge=1, le=1000)
     guidance_scale: float = Field(1.0, ge=1.0, description="1.0 means no classifier-free guidance")
     plan: PlanConfig = Field(default_factory=PlanConfig)
+    mixed_precision: MixedPrecision | None = Field(
+        None, description="autocast of the rollout's forwards (vgrl train); null = train.mixed_precision. "
+                          "bf16 rollouts with fp32 training suit the forward-process algorithms (nft, rwr, raft, "
+                          "dpo) on CPUs with bf16 units; likelihood-ratio algorithms need the training precision")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        return yaml_no(value)
 
     def sde_steps(self) -> list[int]:
         """Indices of the stochastic steps of the plan."""
@@ -324,14 +334,16 @@ class RunConfig(BaseModel):
                                                     "(deterministic mode is fp32); valid: 'float32', "
                                                     "or set deterministic: false"))
         t = self.train
-        if t.mixed_precision != "no" and self.deterministic:
-            problems.append((("train", "mixed_precision"), f"{t.mixed_precision!r} with deterministic: true "
-                                                           "(deterministic mode is fp32); valid: 'no', or set "
-                                                           "deterministic: false"))
-        elif t.mixed_precision == "fp16" and self.backbone.device == "cpu":
-            problems.append((("train", "mixed_precision"), "'fp16' is not supported on backbone.device 'cpu' "
-                                                           "(CPU autocast computes in bfloat16); valid on cpu: "
-                                                           "'no', 'bf16'"))
+        for section, mode in (("train", t.mixed_precision), ("sampling", self.sampling.mixed_precision),
+                              ("eval", self.eval.mixed_precision)):
+            if mode is not None and mode != "no" and self.deterministic:
+                problems.append(((section, "mixed_precision"), f"{mode!r} with deterministic: true "
+                                                               "(deterministic mode is fp32); valid: 'no', or set "
+                                                               "deterministic: false"))
+            elif mode == "fp16" and self.backbone.device == "cpu":
+                problems.append(((section, "mixed_precision"), "'fp16' is not supported on backbone.device 'cpu' "
+                                                               "(CPU autocast computes in bfloat16); valid on cpu: "
+                                                               "'no', 'bf16'"))
         if t.minibatch_size is None:
             t.minibatch_size = b
         per_step = t.minibatch_size * t.grad_accum

@@ -15,6 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serial
 
 _MODEL = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 BUILTIN_WORLDS = ("shapes",)
+MixedPrecision = Literal["no", "bf16", "fp16"]
+
+
+def yaml_no(value: Any) -> Any:
+    """A precision field's value with YAML's bare ``no`` (read as ``false``) turned back into ``"no"``."""
+    return "no" if value is False else value
 
 
 def _check_name(kind: str, name: str) -> str:
@@ -147,14 +153,15 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(10, ge=1, description="iterations between checkpoints")
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; null = torch's default")
-    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+    mixed_precision: MixedPrecision = Field(
         "no", description="autocast of the network forwards (fp32 master weights and optimiser); fp16 adds a "
-                          "loss scaler and needs CUDA; needs deterministic: false")
+                          "loss scaler and needs CUDA; needs deterministic: false. Rollouts and evaluation "
+                          "follow it unless sampling.mixed_precision / eval.mixed_precision say otherwise")
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
     def _yaml_no(cls, value: Any) -> Any:
-        return "no" if value is False else value  # YAML reads a bare `no` as false
+        return yaml_no(value)
 
 
 class MonitorConfig(BaseModel):
@@ -182,8 +189,16 @@ class EvalConfig(BaseModel):
     seed: int = Field(0, ge=0)
     batch_size: int = Field(128, ge=1)
     before: bool = Field(True, description="evaluate the base model before training")
+    mixed_precision: MixedPrecision | None = Field(
+        None, description="autocast of the evaluation's sampling; null = train.mixed_precision ('no' keeps "
+                          "held-out numbers in fp32, comparable with 'vgrl eval')")
     monitor: MonitorConfig | None = Field(None, description="reward-hacking monitor (proxy vs gold, diversity, "
                                                            "feature drift); null = off")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        return yaml_no(value)
 
 
 class LogConfig(BaseModel):
