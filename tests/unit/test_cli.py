@@ -82,6 +82,17 @@ def test_validate_in_process_with_overrides(capsys):
     assert resolved["kernel"] == {"name": "flow_sde", "noise_level": 0.5, "reduction": "mean"}
 
 
+def test_validate_shows_mixed_precision_only_when_used(capsys):
+    config = str(ROOT / "configs" / "bench" / "nft.yaml")
+    assert main(["validate", config, "deterministic=false", "sampling.mixed_precision=bf16"]) == 0
+    assert "  precision training fp32, rollouts bf16, evaluation fp32\n" in capsys.readouterr().out
+    assert main(["validate", config, "deterministic=false", "train.mixed_precision=bf16",
+                 "eval.mixed_precision=no"]) == 0
+    assert "  precision training bf16, rollouts bf16, evaluation fp32\n" in capsys.readouterr().out
+    assert main(["validate", config]) == 0
+    assert "precision" not in capsys.readouterr().out
+
+
 def test_validate_errors_in_process(tmp_path, capsys):
     assert main(["validate", str(tmp_path / "missing.yaml")]) == 2
     err = capsys.readouterr().err
