@@ -13,7 +13,10 @@ explicitly). ``fp16`` adds a loss scaler (``torch.amp.GradScaler``): the loss is
 ``backward``, gradients are divided by ``S`` before clipping, and a step whose gradients overflow is
 skipped while ``S`` is halved (Micikevicius et al., arXiv 1710.03740). The trainer counts such a step as
 skipped but, while ``S > 1``, not towards ``train.max_consecutive_skips``: overflow is how the scaler
-finds its scale. Its state is saved in every checkpoint.
+finds its scale. Its state is saved in every checkpoint. ``sampling.mixed_precision`` and
+``eval.mixed_precision`` give the rollouts and the evaluation an autocast of their own (no scaler). On a CPU
+without native bf16 (oneDNN's check, ``avx512_bf16`` / AMX) bf16 is emulated and slower than fp32: it is
+allowed, with a warning.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +33,14 @@ from torch import Tensor
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 PRECISIONS = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (oneDNN's check: ``avx512_bf16`` or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
 
 
 class DeviceError(ValueError):
@@ -130,6 +142,9 @@ class Precision:
         if mode == "fp16" and device.type != "cuda":
             raise DeviceError(f"{field}: 'fp16' needs a CUDA device, but the run is on {device} "
                               f"(CPU autocast computes in bfloat16); valid on {device.type}: 'no', 'bf16'")
+        if mode == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+            warnings.warn(f"{field}: 'bf16' on a CPU without native bfloat16 (no avx512_bf16 / AMX): autocast "
+                          "is emulated and likely slower than fp32 here; 'no' is the fast choice", stacklevel=2)
         scaler = torch.amp.GradScaler(device.type) if mode == "fp16" and training else None
         return cls(device, mode, scaler)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -102,6 +103,18 @@ def test_fp16_on_cpu_is_refused(tmp_path):
         train(config(tmp_path, deterministic=False, train={"mixed_precision": "fp16"}), tmp_path / "run")
     with pytest.raises(DeviceError, match="'fp16' needs a CUDA device"):
         Precision.build("fp16", torch.device("cpu"))
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch):
+    import vgrl.device as device
+
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
+    with pytest.warns(UserWarning, match=r"sampling.mixed_precision: 'bf16' on a CPU without native bfloat16"):
+        assert Precision.build("bf16", torch.device("cpu"), "sampling.mixed_precision", training=False).mode == "bf16"
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Precision.build("bf16", torch.device("cpu"))
 
 
 def test_resolve_device():
