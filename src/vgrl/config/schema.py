@@ -27,7 +27,7 @@ from vgrl import registry
 from vgrl.kernels.options import BUILTIN as KERNEL_OPTIONS
 from vgrl.kernels.options import KernelOptions
 from vgrl.config.train import (AlgorithmConfig, DataConfig, EvalConfig, LogConfig, MixedPrecision, RewardConfig,
-                               TrainConfig, _Named, yaml_no)
+                               TrainConfig, _Named)
 
 # Torch-free capability tables, so that validation can pair kernels with backbones without importing
 # a model. A conformance test keeps them in sync with ``Backbone.predictions`` / ``Kernel.predictions``.
@@ -229,11 +229,6 @@ class SamplingConfig(BaseModel):
         None, description="autocast of the rollout's forwards (vgrl train); null = train.mixed_precision. "
                           "bf16 rollouts with fp32 training suit the forward-process algorithms (nft, rwr, raft, "
                           "dpo) on CPUs with bf16 units; likelihood-ratio algorithms need the training precision")
-
-    @field_validator("mixed_precision", mode="before")
-    @classmethod
-    def _yaml_no(cls, value: Any) -> Any:
-        return yaml_no(value)
 
     def sde_steps(self) -> list[int]:
         """Indices of the stochastic steps of the plan."""

@@ -9,18 +9,20 @@ name the field as ``reward.<option>`` / ``algorithm.<option>``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 _MODEL = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 BUILTIN_WORLDS = ("shapes",)
-MixedPrecision = Literal["no", "bf16", "fp16"]
 
 
-def yaml_no(value: Any) -> Any:
+def _yaml_no(value: Any) -> Any:
     """A precision field's value with YAML's bare ``no`` (read as ``false``) turned back into ``"no"``."""
     return "no" if value is False else value
+
+
+MixedPrecision = Annotated[Literal["no", "bf16", "fp16"], BeforeValidator(_yaml_no)]
 
 
 def _check_name(kind: str, name: str) -> str:
@@ -158,11 +160,6 @@ class TrainConfig(BaseModel):
                           "loss scaler and needs CUDA; needs deterministic: false. Rollouts and evaluation "
                           "follow it unless sampling.mixed_precision / eval.mixed_precision say otherwise")
 
-    @field_validator("mixed_precision", mode="before")
-    @classmethod
-    def _yaml_no(cls, value: Any) -> Any:
-        return yaml_no(value)
-
 
 class MonitorConfig(BaseModel):
     """Reward-hacking monitor at each evaluation (docs/hacking.md): the training reward on the evaluation
@@ -194,11 +191,6 @@ class EvalConfig(BaseModel):
                           "held-out numbers in fp32, comparable with 'vgrl eval')")
     monitor: MonitorConfig | None = Field(None, description="reward-hacking monitor (proxy vs gold, diversity, "
                                                            "feature drift); null = off")
-
-    @field_validator("mixed_precision", mode="before")
-    @classmethod
-    def _yaml_no(cls, value: Any) -> Any:
-        return yaml_no(value)
 
 
 class LogConfig(BaseModel):
