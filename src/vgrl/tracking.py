@@ -1,4 +1,5 @@
-"""Run artefacts: ``metrics.jsonl`` and tensorboard (:class:`Tracker`), image grids and SVG plots.
+"""Run artefacts: ``metrics.jsonl`` and tensorboard (:class:`Tracker`), image grids, SVG plots and the training
+progress bar (:class:`Progress`).
 
 Importing this module does not import torch (``vgrl report`` stays light); the tensorboard writer is
 imported when a :class:`Tracker` turns it on.
@@ -217,3 +218,41 @@ def _atomic_write(path: Path, text: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class Progress:
+    """A rich progress bar over the run's budget with ETA and the live reward. The bar's fraction is the larger
+    of ``iteration / train.iterations`` and ``training time / train.max_minutes``, whichever stops the run
+    first, so the ETA is right under a time budget too; the iteration count is shown beside it."""
+
+    STEPS = 1000  # resolution of the bar
+
+    def __init__(self, train, counters, enabled: bool) -> None:
+        """``train``: the run's ``TrainConfig``; ``counters``: where a resumed run starts."""
+        from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as RichProgress
+
+        self.iterations, self.budget = train.iterations, train.max_minutes
+        self.bar = RichProgress(TextColumn("train"), BarColumn(), TextColumn("{task.fields[count]}"),
+                            TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not enabled)
+        self.task = self.bar.add_task("train", total=self.STEPS, completed=self._done(counters.iteration,
+                                                                                       counters.wall_seconds),
+                                      count=self._count(counters.iteration), info="")
+        self.bar.start()
+
+    def _done(self, iteration: int, wall_seconds: float) -> float:
+        frac = iteration / self.iterations
+        if self.budget is not None:
+            frac = max(frac, wall_seconds / (60 * self.budget))
+        return self.STEPS * min(frac, 1.0)
+
+    def _count(self, iteration: int) -> str:
+        return f"{iteration}/{self.iterations} it" + (f" (<= {self.budget:g} min)" if self.budget else "")
+
+    def update(self, row: dict) -> None:
+        info = f"reward {row['reward_mean']:.3f}" if "reward_mean" in row else row.get("skip_reason", "")
+        self.bar.update(self.task, completed=self._done(row["iteration"], row["wall_seconds"]),
+                        count=self._count(row["iteration"]), info=info)
+
+    def close(self) -> None:
+        self.bar.stop()

@@ -86,7 +86,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: str | None 
             checkpoint directory.
     """
     from vgrl.evaluation.report import write_report
-    from vgrl.tracking import Tracker
+    from vgrl.tracking import Progress, Tracker
 
     run_dir = Path(run_dir or cfg.run_dir or "runs/train")
     run = build(cfg)
@@ -110,7 +110,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: str | None 
         before = evaluate(run, counters, tracker, "eval_before")
     last_eval = before if counters.iteration == 0 else None
 
-    progress = _Progress(cfg, counters, enabled=cfg.log.progress and run.dist.main)
+    progress = Progress(cfg.train, counters, enabled=cfg.log.progress and run.dist.main)
     while not _finished(cfg, counters):
         started = time.perf_counter()
         row, images = iterate(run, counters)
@@ -545,39 +545,3 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
     console.print(f"{summary['images_generated']} images, {summary['wall_seconds'] / 60:.1f} min training "
                   f"(+{summary['eval_seconds'] / 60:.1f} min evaluation) -> {run_dir / 'summary.json'}, "
                   f"{run_dir / 'report.html'}")
-
-
-class _Progress:
-    """A rich progress bar over the run's budget with ETA and the live reward. The bar's fraction is the larger
-    of ``iteration / train.iterations`` and ``training time / train.max_minutes``, whichever stops the run
-    first, so the ETA is right under a time budget too; the iteration count is shown beside it."""
-
-    STEPS = 1000  # resolution of the bar
-
-    def __init__(self, cfg: RunConfig, counters: Counters, enabled: bool) -> None:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.iterations, self.budget = cfg.train.iterations, cfg.train.max_minutes
-        self.bar = Progress(TextColumn("train"), BarColumn(), TextColumn("{task.fields[count]}"),
-                            TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not enabled)
-        self.task = self.bar.add_task("train", total=self.STEPS, completed=self._done(counters.iteration,
-                                                                                       counters.wall_seconds),
-                                      count=self._count(counters.iteration), info="")
-        self.bar.start()
-
-    def _done(self, iteration: int, wall_seconds: float) -> float:
-        frac = iteration / self.iterations
-        if self.budget is not None:
-            frac = max(frac, wall_seconds / (60 * self.budget))
-        return self.STEPS * min(frac, 1.0)
-
-    def _count(self, iteration: int) -> str:
-        return f"{iteration}/{self.iterations} it" + (f" (<= {self.budget:g} min)" if self.budget else "")
-
-    def update(self, row: dict) -> None:
-        info = f"reward {row['reward_mean']:.3f}" if "reward_mean" in row else row.get("skip_reason", "")
-        self.bar.update(self.task, completed=self._done(row["iteration"], row["wall_seconds"]),
-                        count=self._count(row["iteration"]), info=info)
-
-    def close(self) -> None:
-        self.bar.stop()

@@ -122,13 +122,15 @@ def test_progress_bar_follows_whichever_budget_stops_the_run():
 
     from vgrl.config import load_config
     from vgrl.run_state import Counters
-    from vgrl.trainer import _Progress
+    from vgrl.tracking import Progress
 
     quickstart = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
-    timed = _Progress(load_config(quickstart, ["train.iterations=1000", "train.max_minutes=10"]), Counters(), False)
+    timed = Progress(load_config(quickstart, ["train.iterations=1000", "train.max_minutes=10"]).train, Counters(),
+                     False)
     assert timed._done(10, 60.0) == 100.0        # 1 of 10 minutes, though only 1% of the iterations
     assert timed._done(900, 30.0) == 900.0       # the iteration cap binds first
     assert timed._done(10, 900.0) == 1000.0      # past the budget: full, never more
     assert timed._count(5) == "5/1000 it (<= 10 min)"
-    counted = _Progress(load_config(quickstart, ["train.iterations=20", "train.max_minutes=null"]), Counters(), False)
+    counted = Progress(load_config(quickstart, ["train.iterations=20", "train.max_minutes=null"]).train, Counters(),
+                       False)
     assert counted._done(10, 6000.0) == 500.0 and counted._count(10) == "10/20 it"
