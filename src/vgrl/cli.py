@@ -58,11 +58,10 @@ def summary_lines(cfg) -> list[str]:
         lines.append(f"  train     {cfg.algorithm.name} on reward {cfg.reward.name}, {t.iterations} iterations"
                      + (f" (at most {t.max_minutes:g} min)" if t.max_minutes else "")
                      + f", lr {t.lr:g}, " + (f"LoRA rank {t.lora.rank}" if t.lora else "full fine-tuning"))
-        modes = (t.mixed_precision, sampling.mixed_precision or t.mixed_precision,
-                 cfg.eval.mixed_precision or t.mixed_precision)
-        if any(m != "no" for m in modes):
-            lines.append("  precision " + ", ".join(f"{name} {'fp32' if m == 'no' else m}"
-                                                    for name, m in zip(("training", "rollouts", "evaluation"), modes)))
+        modes = cfg.precisions()
+        if any(m != "no" for m in modes.values()):
+            names = {"train": "training", "sampling": "rollouts", "eval": "evaluation"}
+            lines.append("  precision " + ", ".join(f"{names[k]} {'fp32' if m == 'no' else m}" for k, m in modes.items()))
     return lines
 
 

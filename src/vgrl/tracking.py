@@ -234,7 +234,7 @@ class Progress:
 
         self.iterations, self.budget = train.iterations, train.max_minutes
         self.bar = RichProgress(TextColumn("train"), BarColumn(), TextColumn("{task.fields[count]}"),
-                            TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not enabled)
+                                TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not enabled)
         self.task = self.bar.add_task("train", total=self.STEPS, completed=self._done(counters.iteration,
                                                                                        counters.wall_seconds),
                                       count=self._count(counters.iteration), info="")

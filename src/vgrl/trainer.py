@@ -154,11 +154,10 @@ def build(cfg: RunConfig) -> Run:
     dist = distributed.init(cpu=cfg.backbone.device == "cpu" or not torch.cuda.is_available())
     try:
         device = resolve_device(cfg.backbone.device, dist.device, dist.world)
-        precision = Precision.build(cfg.train.mixed_precision, device)
-        sampling_precision = Precision.build(cfg.sampling.mixed_precision or cfg.train.mixed_precision, device,
-                                             "sampling.mixed_precision", training=False)
-        eval_precision = Precision.build(cfg.eval.mixed_precision or cfg.train.mixed_precision, device,
-                                         "eval.mixed_precision", training=False)
+        modes = cfg.precisions()
+        precision = Precision.build(modes["train"], device)
+        sampling_precision = Precision.build(modes["sampling"], device, "sampling.mixed_precision", training=False)
+        eval_precision = Precision.build(modes["eval"], device, "eval.mixed_precision", training=False)
     except DeviceError as e:
         raise TrainingError(str(e)) from None
     set_deterministic(cfg.deterministic, device)

@@ -302,6 +302,13 @@ class RunConfig(BaseModel):
             _fail(blank)
         return prompts
 
+    def precisions(self) -> dict[str, str]:
+        """The autocast mode (``no``, ``bf16``, ``fp16``) of the ``train`` forwards, the ``sampling`` rollouts
+        and the ``eval`` sampling, with a null ``sampling`` / ``eval`` value resolved to the training one."""
+        train = self.train.mixed_precision
+        return {"train": train, "sampling": self.sampling.mixed_precision or train,
+                "eval": self.eval.mixed_precision or train}
+
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
         problems: list[tuple[tuple, str]] = []
