@@ -57,7 +57,9 @@ def summary_lines(cfg) -> list[str]:
         t = cfg.train
         lines.append(f"  train     {cfg.algorithm.name} on reward {cfg.reward.name}, {t.iterations} iterations"
                      + (f" (at most {t.max_minutes:g} min)" if t.max_minutes else "")
-                     + f", lr {t.lr:g}, " + (f"LoRA rank {t.lora.rank}" if t.lora else "full fine-tuning"))
+                     + f", lr {t.lr:g}"
+                     + (f" ({t.lr_schedule} to {t.lr_min_ratio:g}x)" if t.lr_schedule != "constant" else "")
+                     + ", " + (f"LoRA rank {t.lora.rank}" if t.lora else "full fine-tuning"))
         modes = cfg.precisions()
         if any(m != "no" for m in modes.values()):
             names = {"train": "training", "sampling": "rollouts", "eval": "evaluation"}

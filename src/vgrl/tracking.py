@@ -241,10 +241,9 @@ class Progress:
         self.bar.start()
 
     def _done(self, iteration: int, wall_seconds: float) -> float:
-        frac = iteration / self.iterations
-        if self.budget is not None:
-            frac = max(frac, wall_seconds / (60 * self.budget))
-        return self.STEPS * min(frac, 1.0)
+        from vgrl.schedule import budget_fraction
+
+        return self.STEPS * budget_fraction(iteration, wall_seconds, self.iterations, self.budget)
 
     def _count(self, iteration: int) -> str:
         return f"{iteration}/{self.iterations} it" + (f" (<= {self.budget:g} min)" if self.budget else "")

@@ -42,6 +42,7 @@ from vgrl.policy import PromptSampler, Reference, add_lora, export_pipeline
 from vgrl.rewards.base import NonFiniteRewardError
 from vgrl.rollout import kernel_for, make_seeds, plan_from_config, rollout
 from vgrl.run_state import Counters, TrainingError, restore, resume_point, save
+from vgrl.schedule import LRSchedule, budget_fraction
 from vgrl.types import Batch, RewardOutput
 
 
@@ -72,6 +73,7 @@ class Run:
     precision: Precision = field(default_factory=Precision)                    # train.mixed_precision
     sampling_precision: Precision = field(default_factory=Precision)           # sampling.mixed_precision
     eval_precision: Precision = field(default_factory=Precision)               # eval.mixed_precision
+    schedule: LRSchedule = field(default_factory=LRSchedule)                    # the LR factor (its progress)
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -98,6 +100,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: str | None 
     run.dist.barrier()  # every process has checked before the main one writes
     if start_from is not None:
         counters, before = restore(run, start_from)
+    _apply_schedule(run, counters)
     if run.dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -118,6 +121,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: str | None 
         counters.iteration += 1
         counters.images += cfg.batch_size if run.pairs is None else 0  # offline: no image is generated
         row.update(iteration=counters.iteration, images=counters.images, wall_seconds=counters.wall_seconds)
+        _apply_schedule(run, counters)  # the LR of the next iteration's optimiser steps
         if tracker is not None:
             tracker.log(row)
             if cfg.log.grid_every and counters.iteration % cfg.log.grid_every == 0 and images is not None:
@@ -197,8 +201,8 @@ def build(cfg: RunConfig) -> Run:
     precision.master_weights(params)
     t = cfg.train
     optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
-    warmup = max(t.warmup_iterations, 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    schedule = LRSchedule(t.lr_schedule, t.warmup_iterations, t.lr_min_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step))  # a lambda: not saved
     ema = None
     if t.ema_decay is not None:
         from diffusers.training_utils import EMAModel
@@ -215,7 +219,7 @@ def build(cfg: RunConfig) -> Run:
         monitor = HackingMonitor(reward, cfg.eval.monitor.patience, cfg.eval.monitor.feature_resolution)
     return Run(cfg, dist, backbone, kernel, plan, reward, algorithm, module, params, optimizer, scheduler, ref, ema,
                sampler, generators, evaluator, pairs=pairs, monitor=monitor, device=device, precision=precision,
-               sampling_precision=sampling_precision, eval_precision=eval_precision)
+               sampling_precision=sampling_precision, eval_precision=eval_precision, schedule=schedule)
 
 
 def _preference_data(cfg: RunConfig, algorithm, dist: distributed.Dist):
@@ -375,9 +379,7 @@ def update(run: Run, counters: Counters, batch: Batch) -> dict[str, float]:
             for k, v in step_metrics.items():  # a skipped step reports only ``skipped``
                 sums[k] = sums.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
-    out = {k: v / counts[k] for k, v in sums.items()}
-    out["lr"] = run.optimizer.param_groups[0]["lr"]
-    return out
+    return {k: v / counts[k] for k, v in sums.items()}
 
 
 def optimizer_step(run: Run, counters: Counters, batch: Batch, minibatches: list[Tensor]) -> dict[str, float]:
@@ -424,6 +426,7 @@ def optimizer_step(run: Run, counters: Counters, batch: Batch, minibatches: list
                                 "reward, or raise train.max_consecutive_skips")
         return {"skipped": 1.0}
     norm = torch.nn.utils.clip_grad_norm_(run.params, run.cfg.train.max_grad_norm or math.inf)
+    lr = run.optimizer.param_groups[0]["lr"]  # the LR of this step
     run.precision.step(run.optimizer)
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -432,7 +435,7 @@ def optimizer_step(run: Run, counters: Counters, batch: Batch, minibatches: list
     counters.optimizer_steps += 1
     counters.consecutive_skips = 0
     out = {k: v / max(n_terms, 1) for k, v in metrics.items()}
-    out.update(grad_norm=float(norm), skipped=0.0)
+    out.update(grad_norm=float(norm), lr=lr, skipped=0.0)
     if run.precision.scaler is not None:
         out["loss_scale"] = run.precision.scaler.get_scale()
     return out
@@ -516,6 +519,16 @@ def export(run: Run, out: Path, counters: Counters) -> Path:
     finally:
         if run.ema is not None:
             run.ema.restore(run.params)
+
+
+def _apply_schedule(run: Run, counters: Counters) -> None:
+    """Set the LR of the next optimiser step from the fraction of the run's budget done so far
+    (:mod:`vgrl.schedule`); a pure function of the counters, so a resumed run sets the same LR."""
+    t = run.cfg.train
+    run.schedule.progress = budget_fraction(counters.iteration, counters.wall_seconds, t.iterations, t.max_minutes)
+    factor = run.schedule(run.scheduler.last_epoch)
+    for group, base in zip(run.optimizer.param_groups, run.scheduler.base_lrs):
+        group["lr"] = base * factor
 
 
 def _finished(cfg: RunConfig, counters: Counters) -> bool:

@@ -61,7 +61,9 @@ def _max_diff(a, b):
 
 
 def test_resume_after_sigkill_equals_uninterrupted_bitwise(tmp_path):
-    cfg = _write(tmp_path, "resume", iterations=6, keep_checkpoints=10)
+    # a decaying LR with warm-up: the schedule's state must survive the kill too
+    cfg = _write(tmp_path, "resume", iterations=6, keep_checkpoints=10, lr_schedule="cosine", lr_min_ratio=0.1,
+                 warmup_iterations=3)
     whole = _cli("train", cfg, "--run-dir", tmp_path / "whole")
     victim = _cli("train", cfg, "--run-dir", tmp_path / "killed")
     deadline = time.time() + 240
@@ -84,6 +86,9 @@ def test_resume_after_sigkill_equals_uninterrupted_bitwise(tmp_path):
     assert all(torch.equal(opt_a[i]["exp_avg_sq"], opt_b[i]["exp_avg_sq"]) for i in opt_a)
     logged = [json.loads(r) for r in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in logged if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]  # re-done, not doubled
+    whole = [json.loads(r) for r in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    whole_lrs = [r["lr"] for r in whole if r["kind"] == "train"]
+    assert [r["lr"] for r in logged if r["kind"] == "train"] == whole_lrs and whole_lrs[-1] < whole_lrs[1] / 2
 
 
 def test_batch_8_accum_1_equals_batch_2_accum_4(tmp_path):

@@ -336,6 +336,11 @@ class RunConfig(BaseModel):
                                                     "(deterministic mode is fp32); valid: 'float32', "
                                                     "or set deterministic: false"))
         t = self.train
+        if self.deterministic and t.lr_schedule != "constant" and t.max_minutes is not None:
+            problems.append((("train", "lr_schedule"), f"{t.lr_schedule!r} with train.max_minutes follows the "
+                                                       "wall-clock, which deterministic: true cannot repeat; valid: "
+                                                       "'constant', or max_minutes: null (the schedule then follows "
+                                                       "iterations), or deterministic: false"))
         for section, mode in (("train", t.mixed_precision), ("sampling", self.sampling.mixed_precision),
                               ("eval", self.eval.mixed_precision)):
             if mode is not None and mode != "no" and self.deterministic:

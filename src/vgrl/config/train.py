@@ -142,6 +142,11 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     adam_betas: list[float] = Field(default_factory=lambda: [0.9, 0.999], min_length=2, max_length=2)
     warmup_iterations: int = Field(0, ge=0, description="linear LR warm-up, in optimiser steps")
+    lr_schedule: Literal["constant", "cosine", "linear"] = Field(
+        "constant", description="decay of the LR over the run's budget (the fraction of iterations or "
+                                "max_minutes done, whichever is larger): constant, cosine or linear")
+    lr_min_ratio: float = Field(0.0, ge=0, le=1, description="final LR of a decaying schedule, as a fraction "
+                                                           "of lr")
     inner_epochs: int = Field(1, ge=1, description="passes over each rollout batch (PPO epochs)")
     minibatch_size: int | None = Field(None, ge=1, description="samples per forward/backward; null = batch_size")
     grad_accum: int = Field(1, ge=1, description="minibatches per optimiser step")
