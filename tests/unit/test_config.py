@@ -297,7 +297,8 @@ def test_prompts_or_world_required(tmp_path):
     ("reward: {name: jpg}", "reward.name: unknown reward 'jpg'"),
     ("data: {world: shape}", "data.world: unknown world 'shape' (did you mean 'shapes'?)"),
     ("train: {lora: {rank: 0}}", "train.lora.rank: "),
-    ("train: {lr_rate: 0.1}", "train.lr_rate: unknown key 'lr_rate'; valid keys: iterations"),
+    ("train: {lr_rate: 0.1}", "train.lr_rate: unknown key 'lr_rate' (did you mean 'lr_min_ratio'?); valid keys: "
+                              "iterations"),
 ])
 def test_training_sections_errors(tmp_path, text, message):
     with pytest.raises(ConfigError) as info:

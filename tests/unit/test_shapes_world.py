@@ -110,6 +110,18 @@ def test_equivalent_prompts_pass_and_partial_credit(world):
     assert not res.passed[0] and res.score[0] == 0.5  # the circle is there, in the wrong colour
 
 
+def test_extra_objects_pass_genevals_rule_but_are_counted(world):
+    """'a green triangle' passes on an image of three green triangles (GenEval: at least one), and the
+    checker reports the two extras; ground truth has none."""
+    three = PromptMeta("counting", (ObjectSpec("triangle", "green", 3),))
+    one = PromptMeta("colors", (ObjectSpec("triangle", "green"),))
+    pair = PromptMeta("two_object", (ObjectSpec("triangle", None), ObjectSpec("square", None)))
+    res = world.check(world.render([three], seed=0).expand(2, -1, -1, -1), [three, one])
+    assert res.passed.tolist() == [True, True] and res.extra.tolist() == [0, 2]
+    res = world.check(world.render([one, pair], seed=0), [one, pair])
+    assert res.passed.tolist() == [True, True] and res.extra.tolist() == [0, 0]
+
+
 def test_per_object_details(world):
     metas = [_metas(world, c, 1, seed=3)[0] for c in CATEGORIES]
     res = world.check(world.render(metas, seed=0), metas)
@@ -125,6 +137,7 @@ def test_per_object_details(world):
             assert d["relation"]["ok"] and d["relation"]["name"] == meta.relation
         assert len(d["detections"]) == sum(o.count for o in meta.objects)
         assert {"shape", "colour", "area", "centroid", "box"} <= set(d["detections"][0])
+    assert res.extra.tolist() == [0] * len(metas)
 
 
 def _bfs_components(cls: np.ndarray) -> int:

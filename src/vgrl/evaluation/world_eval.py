@@ -30,7 +30,9 @@ class EvalSet:
 
 @dataclass
 class EvalResult:
-    """Accuracy (GenEval pass rate) and mean partial score per category, and overall."""
+    """Accuracy (GenEval pass rate) and mean partial score per category, and overall; where the world's
+    checker reports extra objects (``CheckResult.extra``), the share of samples that draw more objects than
+    the prompt names, per category and overall (a reward-hacking sign GenEval's rules do not penalise)."""
 
     accuracy: dict[str, float]
     score: dict[str, float]
@@ -38,10 +40,15 @@ class EvalResult:
     overall_score: float
     samples: int
     images: torch.Tensor | None = field(default=None, repr=False)
+    extra_objects: dict[str, float] | None = None
+    overall_extra_objects: float | None = None
 
     def as_dict(self) -> dict:
-        return {"overall_accuracy": self.overall_accuracy, "overall_score": self.overall_score,
-                "accuracy": self.accuracy, "score": self.score, "samples": self.samples}
+        out = {"overall_accuracy": self.overall_accuracy, "overall_score": self.overall_score,
+               "accuracy": self.accuracy, "score": self.score, "samples": self.samples}
+        if self.extra_objects is not None:
+            out.update(overall_extra_objects=self.overall_extra_objects, extra_objects=self.extra_objects)
+        return out
 
 
 def eval_set(world, split: str, per_category: int, seed: int = 0) -> EvalSet:
@@ -81,7 +88,7 @@ def evaluate(backbone: Backbone, world, es: EvalSet, *, num_steps: int, guidance
     """Sample every prompt of ``es`` with its seed (deterministic sampler unless ``kernel`` says otherwise)."""
     k = kernel_for(backbone, kernel, **kernel_options)
     plan = StepPlan.ode(num_steps) if not k.stochastic else StepPlan.all(num_steps, record=[])
-    passed, scores, kept = [], [], []
+    passed, scores, extra, kept = [], [], [], []
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"eval {len(es.texts)} samples", total=len(es.texts))
         for lo in range(0, len(es.texts), batch_size):
@@ -92,6 +99,7 @@ def evaluate(backbone: Backbone, world, es: EvalSet, *, num_steps: int, guidance
             verdict = world.check(images, es.metas[lo:hi])
             passed.append(verdict.passed.float())
             scores.append(verdict.score.float())
+            extra.append(None if verdict.extra is None else (verdict.extra > 0).float())
             if sum(len(x) for x in kept) < keep_images:
                 kept.append(images.cpu())
             bar.advance(task, hi - lo)
@@ -101,7 +109,12 @@ def evaluate(backbone: Backbone, world, es: EvalSet, *, num_steps: int, guidance
     acc = {c: passed_t[i].mean().item() for c, i in idx.items()}
     sco = {c: scores_t[i].mean().item() for c, i in idx.items()}
     images = torch.cat(kept)[:keep_images] if kept else None
-    return EvalResult(acc, sco, sum(acc.values()) / len(acc), sum(sco.values()) / len(sco), len(es.texts), images)
+    result = EvalResult(acc, sco, sum(acc.values()) / len(acc), sum(sco.values()) / len(sco), len(es.texts), images)
+    if all(e is not None for e in extra):
+        extra_t = torch.cat(extra)
+        result.extra_objects = {c: extra_t[i].mean().item() for c, i in idx.items()}
+        result.overall_extra_objects = sum(result.extra_objects.values()) / len(idx)
+    return result
 
 
 @dataclass
@@ -188,11 +201,16 @@ def run(model: str, world_name: str = "shapes", split: str = "heldout", *, per_c
     if result.images is not None:
         save_grid(result.images, out / "grid.png", nrow=8, scale=3)
     table = Table(title=f"{world_name}/{split}: {Path(model).name} ({num_steps} steps, guidance {guidance_scale})")
-    for col in ("category", "accuracy", "score", "samples"):
+    extras = result.extra_objects is not None
+    for col in ("category", "accuracy", "score") + (("extra objects",) if extras else ()) + ("samples",):
         table.add_column(col, justify="left" if col == "category" else "right")
     for c in result.accuracy:
-        table.add_row(c, f"{result.accuracy[c]:.3f}", f"{result.score[c]:.3f}", str(es.categories.count(c)))
-    table.add_row("overall", f"{result.overall_accuracy:.3f}", f"{result.overall_score:.3f}", str(result.samples))
+        extra_cell = (f"{result.extra_objects[c]:.3f}",) if extras else ()
+        table.add_row(c, f"{result.accuracy[c]:.3f}", f"{result.score[c]:.3f}", *extra_cell,
+                      str(es.categories.count(c)))
+    extra_cell = (f"{result.overall_extra_objects:.3f}",) if extras else ()
+    table.add_row("overall", f"{result.overall_accuracy:.3f}", f"{result.overall_score:.3f}", *extra_cell,
+                  str(result.samples))
     Console().print(table)
     print(f"wrote {out / 'eval.json'}")
     return result

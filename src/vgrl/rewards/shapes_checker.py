@@ -72,7 +72,8 @@ class ShapesCheckerReward(Reward):
         else:
             res = self.world.check(images, metadata)
         scores = res.score if self.options.score == "partial" else res.passed.to(torch.float32)
-        details = {"passed": res.passed, "partial": res.score, "category": [m.category for m in metadata]}
+        details = {"passed": res.passed, "partial": res.score, "extra_objects": res.extra > 0,
+                   "category": [m.category for m in metadata]}
         return RewardOutput(scores=scores.to(device=images.device, dtype=torch.float32), details=details,
                             dense=dense)
 

@@ -73,11 +73,16 @@ class CheckResult:
             of the largest match or None), ``relation`` (for ``position``: ``name``, ``ok``, ``dx``,
             ``dy``; else None) and ``detections`` (every kept component: ``shape`` (None when
             unknown), ``colour``, ``area``, ``centroid``, ``box``).
+        extra: ``(B,)`` int64, kept components beyond the objects the prompt names (``max(0, detections -
+            sum of counts)``; unknown shapes count). GenEval's rules let "a X" pass with more objects drawn,
+            so a rising share of samples with extras is a sign of the checker's rules being gamed
+            (docs/hacking.md).
     """
 
     passed: Tensor
     score: Tensor
     details: list[dict[str, Any]] = field(default_factory=list)
+    extra: Tensor | None = None
 
     def __len__(self) -> int:
         return self.passed.shape[0]
@@ -212,7 +217,7 @@ class ShapesChecker:
         counts = np.zeros((b_, ns, nc), np.int64)  # counts[b, shape, colour]
         np.add.at(counts, (det.image[known], det.shape[known], det.colour[known]), 1)
         bounds = np.searchsorted(det.image, np.arange(b_ + 1))
-        passed, scores, details = [], [], []
+        passed, scores, details, extra = [], [], [], []
         for i, meta in enumerate(metas):
             lo, hi = bounds[i], bounds[i + 1]
             dets = [self._det_dict(det, j) for j in range(lo, hi)]
@@ -226,8 +231,9 @@ class ShapesChecker:
             scores.append(sum(s for _, s in facts) / len(facts))
             details.append({"category": meta.category, "objects": objs, "relation": rel,
                             "detections": dets})
+            extra.append(max(0, len(dets) - sum(o.count for o in meta.objects)))
         return CheckResult(torch.tensor(passed, dtype=torch.bool),
-                           torch.tensor(scores, dtype=torch.float32), details)
+                           torch.tensor(scores, dtype=torch.float32), details, torch.tensor(extra, dtype=torch.int64))
 
     def credit_map(self, det: Detections, result: CheckResult) -> Tensor:
         """``(B, H, W)`` float32 per-pixel credit in [0, 1] (dense reward, HALO / PatchDPO style).
