@@ -53,6 +53,8 @@ def test_eval_is_deterministic_and_per_category(pretrained, tmp_path):
     b = world_eval.evaluate(bb, world, es, num_steps=2, guidance_scale=2.0, progress=False)
     assert a.as_dict() == b.as_dict()
     assert set(a.accuracy) == set(es.categories) and a.samples == len(es.texts)
+    assert set(a.strict_accuracy) == set(a.extra_objects) == set(a.accuracy)
+    assert all(a.strict_accuracy[c] <= a.accuracy[c] and 0 <= a.extra_objects[c] <= 1 for c in a.accuracy)
     result = world_eval.run(str(path), "shapes", "train", per_category=1, num_steps=2, out_dir=str(tmp_path))
     record = json.loads((tmp_path / "eval.json").read_text())
     assert record["overall_accuracy"] == result.overall_accuracy and (tmp_path / "grid.png").is_file()

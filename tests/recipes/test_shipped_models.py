@@ -39,7 +39,7 @@ def test_vgrl_eval_end_to_end_matches_pinned_result(name, path, tmp_path):
            "--samples-per-category", "4", "--out", str(tmp_path)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "overall" in run.stdout and "colors" in run.stdout
+    assert "overall" in run.stdout and "colors" in run.stdout and "extra objects" in run.stdout
     record = json.loads((tmp_path / "eval.json").read_text())
     assert record["samples"] == 24 and record["num_steps"] == 10
     passes = round(sum(acc * 4 for acc in record["accuracy"].values()))

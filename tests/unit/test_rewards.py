@@ -247,6 +247,21 @@ def test_checker_passes_ground_truth_and_fails_mismatches(world, score):
         assert ((bad.scores > 0) & (bad.scores < 1)).all(), bad.scores
 
 
+@pytest.mark.parametrize("score", ["partial", "pass"])
+def test_checker_extra_penalty_charges_extra_objects_only(world, score):
+    """Three green triangles pass 'a green triangle' (GenEval's rule) and are flagged as extras; the penalty
+    takes lambda off that sample's score and leaves an exact sample alone."""
+    three = PromptMeta("counting", (ObjectSpec("triangle", "green", 3),))
+    one = PromptMeta("colors", (ObjectSpec("triangle", "green"),))
+    images = world.render([three], seed=0).expand(2, -1, -1, -1)
+    plain = rewards.get("shapes_checker", score=score)(images, ["", ""], [three, one])
+    assert plain.scores.tolist() == [1.0, 1.0] and plain.details["extra_objects"].tolist() == [False, True]
+    charged = rewards.get("shapes_checker", score=score, extra_penalty=0.25)(images, ["", ""], [three, one])
+    assert charged.scores.tolist() == [1.0, 0.75] and charged.details["passed"].tolist() == [True, True]
+    with pytest.raises(ValueError, match="extra_penalty"):
+        rewards.get("shapes_checker", extra_penalty=-1)
+
+
 def test_checker_rejects_bad_metadata_and_resolution(world):
     reward = rewards.get("shapes_checker")
     metas = _metas()[:2]

@@ -32,7 +32,8 @@ class EvalSet:
 class EvalResult:
     """Accuracy (GenEval pass rate) and mean partial score per category, and overall; where the world's
     checker reports extra objects (``CheckResult.extra``), the share of samples that draw more objects than
-    the prompt names, per category and overall (a reward-hacking sign GenEval's rules do not penalise)."""
+    the prompt names (a reward-hacking sign GenEval's rules do not penalise) and the strict accuracy (passed
+    with no extra object), per category and overall."""
 
     accuracy: dict[str, float]
     score: dict[str, float]
@@ -42,12 +43,15 @@ class EvalResult:
     images: torch.Tensor | None = field(default=None, repr=False)
     extra_objects: dict[str, float] | None = None
     overall_extra_objects: float | None = None
+    strict_accuracy: dict[str, float] | None = None    # passed and no extra object
+    overall_strict_accuracy: float | None = None
 
     def as_dict(self) -> dict:
         out = {"overall_accuracy": self.overall_accuracy, "overall_score": self.overall_score,
                "accuracy": self.accuracy, "score": self.score, "samples": self.samples}
         if self.extra_objects is not None:
-            out.update(overall_extra_objects=self.overall_extra_objects, extra_objects=self.extra_objects)
+            out.update(overall_extra_objects=self.overall_extra_objects, extra_objects=self.extra_objects,
+                       overall_strict_accuracy=self.overall_strict_accuracy, strict_accuracy=self.strict_accuracy)
         return out
 
 
@@ -112,8 +116,11 @@ def evaluate(backbone: Backbone, world, es: EvalSet, *, num_steps: int, guidance
     result = EvalResult(acc, sco, sum(acc.values()) / len(acc), sum(sco.values()) / len(sco), len(es.texts), images)
     if all(e is not None for e in extra):
         extra_t = torch.cat(extra)
+        strict_t = passed_t * (1 - extra_t)
         result.extra_objects = {c: extra_t[i].mean().item() for c, i in idx.items()}
         result.overall_extra_objects = sum(result.extra_objects.values()) / len(idx)
+        result.strict_accuracy = {c: strict_t[i].mean().item() for c, i in idx.items()}
+        result.overall_strict_accuracy = sum(result.strict_accuracy.values()) / len(idx)
     return result
 
 
@@ -202,13 +209,14 @@ def run(model: str, world_name: str = "shapes", split: str = "heldout", *, per_c
         save_grid(result.images, out / "grid.png", nrow=8, scale=3)
     table = Table(title=f"{world_name}/{split}: {Path(model).name} ({num_steps} steps, guidance {guidance_scale})")
     extras = result.extra_objects is not None
-    for col in ("category", "accuracy", "score") + (("extra objects",) if extras else ()) + ("samples",):
+    for col in ("category", "accuracy", "score") + (("extra objects", "strict accuracy") if extras else ()) + (
+            "samples",):
         table.add_column(col, justify="left" if col == "category" else "right")
     for c in result.accuracy:
-        extra_cell = (f"{result.extra_objects[c]:.3f}",) if extras else ()
+        extra_cell = (f"{result.extra_objects[c]:.3f}", f"{result.strict_accuracy[c]:.3f}") if extras else ()
         table.add_row(c, f"{result.accuracy[c]:.3f}", f"{result.score[c]:.3f}", *extra_cell,
                       str(es.categories.count(c)))
-    extra_cell = (f"{result.overall_extra_objects:.3f}",) if extras else ()
+    extra_cell = (f"{result.overall_extra_objects:.3f}", f"{result.overall_strict_accuracy:.3f}") if extras else ()
     table.add_row("overall", f"{result.overall_accuracy:.3f}", f"{result.overall_score:.3f}", *extra_cell,
                   str(result.samples))
     Console().print(table)

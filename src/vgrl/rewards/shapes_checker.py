@@ -10,6 +10,11 @@ With facts ``f_1..f_n`` of a prompt, each with a score ``c_j`` in [0, 1] and a v
 
 * ``score="partial"``: ``r = (1/n) sum_j c_j`` (partial credit, in [0, 1]);
 * ``score="pass"``:    ``r = 1[all_j ok_j]`` (GenEval's binary score).
+
+GenEval's rules let "a X" pass however many other objects are drawn, and a policy trained on them learns
+to draw extra objects (docs/hacking.md). ``extra_penalty = lambda`` charges that:
+``r <- r - lambda 1[extra > 0]``, with ``extra`` the detected components beyond the objects the prompt
+names (:class:`~vgrl.worlds._shapes_checker.CheckResult`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ class ShapesCheckerOptions(RewardOptions):
     resolution: int = Field(32, ge=32, description="image side in pixels the checker is tuned for")
     dense: bool = Field(False, description="also return the per-pixel credit map (B, H, W) in `dense`: "
                                            "matched objects' fact scores, 0 on wrong objects, the score elsewhere")
+    extra_penalty: float = Field(0.0, ge=0, description="subtracted from the score of a sample that draws more "
+                                                        "objects than its prompt names (0 = GenEval's rules)")
 
 
 class ShapesCheckerReward(Reward):
@@ -38,7 +45,8 @@ class ShapesCheckerReward(Reward):
 
     ``metadata[i]`` must be the :class:`PromptMeta` of sample ``i`` (``world.prompts()[k].meta``);
     images must be ``resolution x resolution``. ``details``: ``passed`` ``(B,)`` bool, ``partial``
-    ``(B,)`` float32 (the partial credit, whatever ``score`` says) and ``category`` (list of str).
+    ``(B,)`` float32 (the partial credit, whatever ``score`` says), ``extra_objects`` ``(B,)`` bool (more
+    objects drawn than the prompt names) and ``category`` (list of str).
 
     With ``dense=True`` the output's ``dense`` is the ``(B, H, W)`` per-pixel credit map of
     :meth:`vgrl.worlds._shapes_checker.ShapesChecker.credit_map` and the instance's ``granularity``
@@ -72,6 +80,8 @@ class ShapesCheckerReward(Reward):
         else:
             res = self.world.check(images, metadata)
         scores = res.score if self.options.score == "partial" else res.passed.to(torch.float32)
+        if self.options.extra_penalty > 0:
+            scores = scores - self.options.extra_penalty * (res.extra > 0).to(torch.float32)
         details = {"passed": res.passed, "partial": res.score, "extra_objects": res.extra > 0,
                    "category": [m.category for m in metadata]}
         return RewardOutput(scores=scores.to(device=images.device, dtype=torch.float32), details=details,
