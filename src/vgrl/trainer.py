@@ -500,7 +500,9 @@ def _monitor(run: Run, res) -> dict[str, float]:
     with run.eval_precision.autocast():
         div_images = ev.run(progress=False, keep_images=len(div.texts), es=div).images
     groups = torch.arange(len(div.texts)) // m.diversity_seeds
-    return run.monitor.observe(res.images, ev.es.texts, ev.es.metas, res.overall_accuracy, div_images, groups)
+    # gold: the strict accuracy where the checker reports extra objects (GenEval's accuracy can be gamed by them)
+    gold = res.overall_accuracy if res.overall_strict_accuracy is None else res.overall_strict_accuracy
+    return run.monitor.observe(res.images, ev.es.texts, ev.es.metas, gold, div_images, groups)
 
 
 def export(run: Run, out: Path, counters: Counters) -> Path:

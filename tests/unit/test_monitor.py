@@ -113,6 +113,6 @@ def test_training_run_logs_the_monitor_and_reports_it(tmp_path):
     assert [r["iteration"] for r in evals] == [0, 1, 2]
     for r in evals:
         assert {"proxy_reward", "gold", "frechet", "diversity", "hacking_warning"} <= set(r)
-        assert r["gold"] == r["overall_accuracy"]
+        assert r["gold"] == r["overall_strict_accuracy"] <= r["overall_accuracy"]  # the shapes checker: strict
     assert evals[0]["frechet"] == pytest.approx(0.0, abs=1e-6) and evals[-1]["frechet"] > 0
     assert "Reward-hacking monitor" in (tmp_path / "run" / "report.html").read_text()
