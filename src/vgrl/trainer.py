@@ -540,9 +540,11 @@ def _finished(cfg: RunConfig, counters: Counters) -> bool:
 
 def _summary(cfg: RunConfig, counters: Counters, before: dict | None, after: dict | None) -> dict:
     acc = (lambda r: None if r is None else r["overall_accuracy"])
+    strict = (lambda r: None if r is None else r.get("overall_strict_accuracy"))  # worlds reporting extra objects
     gain = None if before is None or after is None else after["overall_accuracy"] - before["overall_accuracy"]
     return {"heldout_accuracy_before": acc(before), "heldout_accuracy_after": acc(after), "gain_points":
-            None if gain is None else round(100 * gain, 2), "images_generated": counters.images,
+            None if gain is None else round(100 * gain, 2), "heldout_strict_accuracy_before": strict(before),
+            "heldout_strict_accuracy_after": strict(after), "images_generated": counters.images,
             "wall_seconds": round(counters.wall_seconds, 2), "eval_seconds": round(counters.eval_seconds, 2),
             "iterations": counters.iteration, "optimizer_steps": counters.optimizer_steps,
             "skipped_steps": counters.skipped_steps, "eval_split": cfg.eval.split if cfg.data.world else None,
@@ -556,6 +558,9 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
     console = Console()
     if before is not None and after is not None:
         console.print(f"held-out accuracy {before:.3f} -> {after:.3f} ({summary['gain_points']:+.1f} points)")
+        s0, s1 = summary["heldout_strict_accuracy_before"], summary["heldout_strict_accuracy_after"]
+        if s0 is not None and s1 is not None:
+            console.print(f"strict accuracy (no extra objects) {s0:.3f} -> {s1:.3f} ({100 * (s1 - s0):+.1f} points)")
     console.print(f"{summary['images_generated']} images, {summary['wall_seconds'] / 60:.1f} min training "
                   f"(+{summary['eval_seconds'] / 60:.1f} min evaluation) -> {run_dir / 'summary.json'}, "
                   f"{run_dir / 'report.html'}")

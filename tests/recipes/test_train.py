@@ -174,6 +174,8 @@ def test_quickstart_config_runs_on_the_shipped_model(tmp_path):
     summary = train(cfg, tmp_path / "run")
     assert summary["images_generated"] == 4 and summary["optimizer_steps"] == 1
     assert summary["after"]["samples"] == 5  # one per held-out category
+    assert summary["heldout_strict_accuracy_after"] == summary["after"]["overall_strict_accuracy"]
+    assert summary["heldout_strict_accuracy_after"] <= summary["heldout_accuracy_after"]
     assert (tmp_path / "run" / "report.html").is_file()
 
 
