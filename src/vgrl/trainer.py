@@ -3,7 +3,8 @@
 One iteration (DESIGN.md)::
 
     prompts --repeat xG--> cond = backbone.encode(prompts)
-    COLLECT  traj = rollout(...)                     no grad; records x_t, x_next, t, old log-probs, x0, seeds
+    COLLECT  traj = rollout(...)                     no grad; records x_t, x_next, t, old log-probs, x0, seeds;
+                                                     in algorithm.sampling_policy (current weights by default)
     SCORE    r = reward(backbone.decode(traj.x0), prompts, metadata)
     PREPARE  batch = algorithm.prepare(traj, r, group_ids, prompts, metadata)
     UPDATE   for each inner epoch, optimiser step, minibatch and unit: backward(loss / (units x grad_accum));
@@ -284,7 +285,7 @@ def iterate(run: Run, counters: Counters) -> tuple[dict, Tensor | None]:
     prompts = [p for p in texts for _ in range(g)]
     metadata = [m for m in metas for _ in range(g)]
     cond = run.backbone.encode(texts, guidance=cfg.sampling.guidance_scale > 1).repeat_interleave(g)
-    with run.sampling_precision.autocast():
+    with run.sampling_precision.autocast(), run.algorithm.sampling_policy(run.backbone):
         traj = rollout(run.backbone, run.kernel, cond, cfg.sampling.num_steps, run.plan,
                        seeds=seeds[groups.start * g: groups.stop * g], guidance_scale=cfg.sampling.guidance_scale)
         with torch.no_grad():

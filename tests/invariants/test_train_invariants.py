@@ -113,3 +113,29 @@ def test_one_process_equals_two_processes(tmp_path):
     a, b = _weights(tmp_path / "one", 1), _weights(tmp_path / "two", 1)
     assert any(v.abs().max() > 1e-4 for k, v in a.items() if "lora_B" in k)
     assert _max_diff(a, b) <= 1e-6
+
+
+def test_nft_lagging_sampling_policy_resumes_exactly(tmp_path):
+    """theta_old (NFT's soft-updated sampling policy) is checkpointed: 2 + 2 resumed iterations == 4."""
+    from vgrl.config import load_config
+    from vgrl.trainer import train
+
+    data = {**BASE, "kernel": {"name": "ode"}, "sampling": {"num_steps": 4, "plan": {"kind": "ode"}},
+            "algorithm": {"name": "nft", "old_decay_rate": 0.3, "old_decay_max": 0.5},
+            "train": {**BASE["train"], "iterations": 4, "inner_epochs": 1, "minibatch_size": 4}}
+    (tmp_path / "nft.yaml").write_text(yaml.safe_dump(data))
+    four = load_config(tmp_path / "nft.yaml")
+    train(four, tmp_path / "whole")
+    train(load_config(tmp_path / "nft.yaml", ["train.iterations=2"]), tmp_path / "split")
+    train(four, tmp_path / "split", resume="auto")
+    a, b = _weights(tmp_path / "whole", 4), _weights(tmp_path / "split", 4)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    old_a, old_b = (checkpoint.load(tmp_path / run / "checkpoints" / "step-000004").state["algorithm"]
+                    for run in ("whole", "split"))
+    assert old_a["rollouts"] == old_b["rollouts"] == 4
+    assert all(torch.equal(x, y) for x, y in zip(old_a["old"], old_b["old"]))
+    trained = [v for k, v in sorted(a.items()) if "lora" in k]
+    assert len(old_a["old"]) == len(trained)  # theta_old lags theta: the two differ after training
+    assert sum(x.double().abs().sum() for x in old_a["old"]) != sum(y.double().abs().sum() for y in trained)
+    rows = [json.loads(r) for r in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["old_decay"] for r in rows if r["kind"] == "train"] == [0.0, 0.3, 0.5, 0.5]

@@ -226,6 +226,64 @@ def test_nft_rollout_policy_is_the_snapshot_and_reference_is_the_base(tiny_backb
         module.zero_grad(set_to_none=True)
 
 
+def test_nft_lagging_sampling_policy_is_the_soft_updated_copy(tiny_backbones, trajs):
+    """old_decay_rate > 0: the rollout runs with theta_old <- eta theta_old + (1 - eta) theta, the loss's
+    v_old is theta_old's prediction, the current weights come back after the rollout, and the state
+    round-trips through state_dict."""
+    bb, traj = tiny_backbones["flow"], trajs["flow"]
+    module = bb.trainable()
+    params = [q for q in module.parameters() if q.requires_grad]
+    algo = algorithms.get("nft", old_decay_rate=0.25, old_decay_max=0.6, old_decay_flat=1)
+    assert [algo.eta(i) for i in range(5)] == [0.0, 0.0, 0.25, 0.5, 0.6]
+    rewards = RewardOutput(scores=torch.tensor([1.0, 0.0, 2.0, 3.0]))
+    saved = copy.deepcopy(module.state_dict())
+
+    def step(scale):
+        with torch.no_grad():
+            for q in params:
+                q.add_(scale * torch.sign(q))
+
+    try:
+        theta0 = [q.detach().clone() for q in params]
+        with algo.sampling_policy(bb):  # rollout 0: theta_old = theta
+            assert all(torch.equal(q, t) for q, t in zip(params, theta0))
+        algo.prepare(traj, rewards, GROUPS)
+        step(1e-3)
+        for i in (1, 2, 3):  # eta 0, 0.25, 0.5
+            current = [q.detach().clone() for q in params]
+            want = [algo.eta(i) * o + (1 - algo.eta(i)) * c for o, c in zip(algo.state_dict()["old"], current)]
+            with algo.sampling_policy(bb):
+                inside = [q.detach().clone() for q in params]
+            assert all(torch.allclose(a, w, rtol=0, atol=1e-7) for a, w in zip(inside, want))
+            assert all(torch.equal(q, c) for q, c in zip(params, current))  # restored after the rollout
+            batch = algo.prepare(traj, rewards, GROUPS)
+            nz = noised(bb, traj, 0, algo.options)
+            with torch.no_grad():
+                pred = bb.predict(nz.x_t, nz.t, traj.cond, 1.0)
+                for q, w in zip(params, inside):
+                    q.data, w.data = w.data.clone(), q.data.clone()
+                old = bb.predict(nz.x_t, nz.t, traj.cond, 1.0)
+                for q, w in zip(params, inside):
+                    q.data = w.data
+            _, m = algo.loss(bb, None, batch, 0)
+            assert m["old_deviation"] == pytest.approx(((pred - old) ** 2).mean().item(), rel=1e-5)
+            assert (m["old_deviation"] > 0) == (i > 1)  # eta 0 at i = 1: theta_old = theta
+            assert m["old_decay"] == algo.eta(i)
+            step(1e-3)
+        state = algo.state_dict()
+        again = algorithms.get("nft", old_decay_rate=0.25, old_decay_max=0.6, old_decay_flat=1)
+        again.load_state_dict(state)
+        assert again._rollouts == 4 and all(torch.equal(a, b) for a, b in zip(again._old, algo._old))
+        with pytest.raises(ValueError, match="no state"):
+            algorithms.get("nft").load_state_dict(state)
+    finally:
+        module.load_state_dict(saved)
+        module.zero_grad(set_to_none=True)
+    with pytest.raises(ValueError, match="needs old_policy: rollout"):
+        algorithms.get("nft", old_decay_rate=0.1, old_policy="current")
+    assert algorithms.get("nft").state_dict() == {}
+
+
 def test_nft_loss_is_minibatch_split_invariant(tiny_backbones, trajs):
     bb, traj = tiny_backbones["flow"], trajs["flow"]
     algo = algorithms.get("nft", old_policy="current", num_timesteps=2)

@@ -6,7 +6,9 @@ steps); and returns ``loss, metrics`` for one minibatch and unit (``loss``). The
 loss over units and minibatches of one optimiser step, so ``backward`` of each ``loss / (units x
 minibatches)`` gives the gradient of the mean. Loops, optimisers and distribution belong to the trainer,
 never to an algorithm. State an algorithm carries across iterations (DDPO's per-prompt statistics) is
-returned by ``state_dict`` so that resume is exact.
+returned by ``state_dict`` so that resume is exact. The rollout runs inside ``sampling_policy(backbone)``:
+the current weights by default; an algorithm whose sampling policy lags the trained one (DiffusionNFT's
+soft-updated ``theta_old``) swaps its weights in there.
 
 Runtime objects an algorithm needs are explicit constructor arguments: the trainer builds every
 algorithm as ``cls(options, reward=reward)``; a reward-gradient algorithm (``needs.differentiable_reward``)
@@ -15,6 +17,7 @@ calls ``self.reward`` in its loss.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -68,6 +71,10 @@ class Algorithm(ABC):
     @abstractmethod
     def loss(self, backbone, kernel, batch: Batch, step_idx: int, ref=None) -> tuple[Tensor, dict[str, float]]:
         """Scalar loss and metrics for minibatch ``batch`` at unit ``step_idx`` (a recorded step)."""
+
+    def sampling_policy(self, backbone) -> contextlib.AbstractContextManager:
+        """Context the trainer draws each rollout in: the current weights by default (nothing to do)."""
+        return contextlib.nullcontext()
 
     def state_dict(self) -> dict[str, Any]:
         """State carried across iterations (tensors, numbers, strings, lists, dicts); empty by default."""

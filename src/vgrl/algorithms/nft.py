@@ -34,20 +34,33 @@ positive policy and pixels of a wrong one to the negative policy, even inside a 
 reward is average (HALO / PatchDPO-style credit routing, applied to NFT's implicit policies).
 
 The old policy (``old_policy``): ``rollout``, the weights that sampled this batch (the paper's
-``theta_old`` with soft-update rate 0 — vgrl collects with the current weights, so a lagging
-``theta_old`` would not be the data's policy), a snapshot taken at the first loss call after
-``prepare``; ``current``, ``sg(theta)`` (identical to ``rollout`` until the first optimiser step of an
+``theta_old``); ``current``, ``sg(theta)`` (identical to ``rollout`` until the first optimiser step of an
 iteration, after which the proximal pull towards the rollout weights is lost); or ``reference``, the
 base weights (``ref``). With ``old = pred`` numerically the gradient is exactly
 ``adv_clip * grad mean_i (2 p_i - 1) D_i(pred)``.
+
+Soft update of the sampling policy (``old_policy: rollout``, ``old_decay_rate > 0``; the paper's
+``theta_old``, its code's ``decay_type``): the rollouts are drawn by a lagging copy of the trained weights,
+updated before rollout ``i`` (``i = 0, 1, ...``) as::
+
+    eta_i = min(old_decay_rate * max(i - old_decay_flat, 0), old_decay_max)
+    theta_old <- eta_i theta_old + (1 - eta_i) theta          (theta_old = theta at i = 0)
+
+and the same ``theta_old`` is ``v_old`` in the loss. ``eta = 0`` throughout (rate 0, the default) makes
+``theta_old`` the current weights at each rollout: the sampling policy is then the trained one and the
+snapshot is taken at the first loss call after ``prepare`` (no copy is kept). The paper's code uses
+rate 0.001, max 0.5, flat 0 (GenEval, PickScore) and 0.0075 / 0.999 / 75 (OCR), counted in optimiser
+steps of a 1-2-step-per-rollout schedule; vgrl counts rollouts (iterations).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor
 
 from vgrl.advantages import group_advantages
@@ -73,6 +86,18 @@ class NFTOptions(NoisingOptions):
     kl: float = Field(0.0, ge=0, description="weight of ||v_theta - v_ref||^2 to the base model (paper code: 1e-4)")
     dense_credit: float = Field(0.0, ge=0, description="lambda of the per-pixel advantage from the reward's dense "
                                                       "map (0 = off; needs a reward that returns `dense`)")
+    old_decay_rate: float = Field(0.0, ge=0, le=1, description="growth per rollout of the soft-update rate eta of the "
+                                                              "lagging sampling policy theta_old (0 = sample with the "
+                                                              "current weights; paper code 0.001)")
+    old_decay_max: float = Field(0.5, ge=0, lt=1, description="cap of eta (paper code 0.5)")
+    old_decay_flat: int = Field(0, ge=0, description="rollouts with eta = 0 before it starts to grow (paper code 0)")
+
+    @model_validator(mode="after")
+    def _decay_needs_rollout(self) -> NFTOptions:
+        if self.old_decay_rate > 0 and self.old_policy != "rollout":
+            raise ValueError(f"old_decay_rate > 0 (a lagging sampling policy) needs old_policy: rollout, got "
+                             f"old_policy: {self.old_policy}")
+        return self
 
 
 def optimality(adv: Tensor, adv_clip: float) -> Tensor:
@@ -142,6 +167,9 @@ class NFT(Algorithm):
         self._snapshot: tuple[torch.nn.Module, list[Tensor]] | None = None
         self._moved = False
         self._stats: dict[str, float] = {}
+        self._old: list[Tensor] | None = None      # theta_old (lagging sampling policy only)
+        self._rollouts = 0                          # soft updates done: the i of eta_i
+        self._sampled: tuple[torch.nn.Module, list[Tensor]] | None = None  # theta_old of the last rollout
 
     @property
     def needs(self) -> Needs:
@@ -155,9 +183,12 @@ class NFT(Algorithm):
         o = self.options
         adv = group_advantages(reward.scores, group_ids, global_std=o.global_std, eps=o.eps)
         p = optimality(adv, o.adv_clip)
-        self._snapshot, self._moved = None, False
+        self._snapshot, self._moved = self._sampled, False  # None: snapshot at the first loss call
+        self._sampled = None
         self._stats = {"p_signal": (2 * p - 1).abs().mean().item(),
                        "p_saturated": ((p == 0) | (p == 1)).float().mean().item()}
+        if o.old_decay_rate > 0:
+            self._stats["old_decay"] = self.eta(self._rollouts - 1)
         if o.dense_credit > 0:
             if reward.dense is None:
                 raise ValueError("nft dense_credit > 0 needs a reward that returns a dense map (e.g. "
@@ -171,6 +202,57 @@ class NFT(Algorithm):
     def units(self, batch: Batch) -> list[int]:
         """``num_timesteps`` draws of ``(t, eps)`` per sample."""
         return list(range(self.options.num_timesteps))
+
+    def eta(self, i: int) -> float:
+        """Soft-update rate ``eta_i`` before rollout ``i`` (module docstring)."""
+        o = self.options
+        return min(o.old_decay_rate * max(i - o.old_decay_flat, 0), o.old_decay_max)
+
+    @contextlib.contextmanager
+    def sampling_policy(self, backbone) -> Iterator[None]:
+        """Soft-update ``theta_old`` towards the current weights and draw the rollout with it (rate > 0);
+        the current weights otherwise."""
+        if self.options.old_decay_rate == 0:
+            yield
+            return
+        module = backbone.trainable()
+        params = [q for q in module.parameters() if q.requires_grad]
+        with torch.no_grad():
+            if self._old is None:
+                self._old = [q.detach().clone() for q in params]
+            else:
+                self._old = [t.to(q.device) for t, q in zip(self._old, params)]  # a checkpoint loads on the CPU
+                if len(self._old) != len(params):
+                    raise ValueError(f"nft: theta_old holds {len(self._old)} tensors, the trained module "
+                                     f"{len(params)}; was the checkpoint written for another model?")
+                eta = self.eta(self._rollouts)
+                for old, q in zip(self._old, params):
+                    old.mul_(eta).add_(q.detach(), alpha=1 - eta)
+        self._rollouts += 1
+        self._sampled = (module, self._old)
+        current = [q.data for q in params]
+        try:
+            for q, s in zip(params, self._old):
+                q.data = s
+            yield
+        finally:
+            for q, c in zip(params, current):
+                q.data = c
+
+    def state_dict(self) -> dict[str, Any]:
+        """``theta_old`` and the rollout count (lagging sampling policy); empty otherwise."""
+        if self.options.old_decay_rate == 0:
+            return {}
+        return {"rollouts": self._rollouts, "old": None if self._old is None else [t.clone() for t in self._old]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.options.old_decay_rate == 0:
+            super().load_state_dict(state)
+            return
+        if set(state) != {"rollouts", "old"}:
+            raise ValueError(f"nft with old_decay_rate > 0 expects state keys ['old', 'rollouts'], got {sorted(state)}")
+        self._rollouts = int(state["rollouts"])
+        self._old = None if state["old"] is None else [t.clone() for t in state["old"]]
 
     def loss(self, backbone, kernel, batch: Batch, step_idx: int, ref=None) -> tuple[Tensor, dict[str, float]]:
         """The NFT loss of minibatch ``batch`` at draw ``step_idx``; ``kernel`` is unused (no log-probs)."""
