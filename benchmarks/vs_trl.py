@@ -13,7 +13,7 @@ the other in one invocation, each on the same number of CPU threads:
    statistics (buffer 32, min count 16), CFG in the training forward, and the same LoRA (rank 4,
    alpha 4, same targets);
 3. **vgrl nft** — DiffusionNFT as in ``configs/quickstart.yaml`` (ODE rollouts, 8 samples per prompt,
-   LoRA 16, 2 inner epochs of minibatch 8) on the same SD model, images per iteration and iterations.
+   LoRA 16, one pass of minibatch 8, EMA 0.995) on the same SD model, images per iteration and iterations.
 
 Reported: images per second of each training (rollout + reward + update; evaluation and checkpoint
 saving excluded) by the wall-clock and per CPU-second of the process (with one thread, the CPU time
@@ -137,8 +137,8 @@ def vgrl_config(a, algorithm: str, model: str):
                "group_size": group,
                "algorithm": {"name": "nft", "beta": 1.0, "adv_clip": 5.0, "global_std": True,
                              "old_policy": "rollout", "num_timesteps": 2},
-               "train": {**train, "inner_epochs": 2, "minibatch_size": min(8, a.batch_size), "grad_accum": 1,
-                         "lora": {"rank": 16, "alpha": 16.0}}}
+               "train": {**train, "inner_epochs": 1, "minibatch_size": min(8, a.batch_size), "grad_accum": 1,
+                         "ema_decay": 0.995, "lora": {"rank": 16, "alpha": 16.0}}}
     return validate_config(cfg)
 
 
@@ -164,8 +164,8 @@ def run_vgrl(a, algorithm: str) -> dict:
         trainer.iterate = iterate
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if r["kind"] == "train"]
-    curve = [{"images": r["images"], "accuracy": r["overall_accuracy"], "score": r["overall_score"]}
-             for r in rows if r["kind"] == "eval"]
+    curve = [{"images": r["images"], "accuracy": r["overall_accuracy"], "score": r["overall_score"],
+              "strict": r.get("overall_strict_accuracy")} for r in rows if r["kind"] == "eval"]
     return {"images": summary["images_generated"], "wall_seconds": summary["wall_seconds"],
             "seconds_rollout": sum(r.get("seconds_rollout", 0.0) for r in steps),
             "seconds_update": sum(r.get("seconds_update", 0.0) for r in steps),
@@ -197,7 +197,8 @@ def eval_trl(a, trl: dict, meta: dict) -> list[dict]:
         with torch.no_grad():
             r = evaluate(backbone, world, es, num_steps=meta["eval_steps"], guidance_scale=meta["eval_guidance"],
                          batch_size=128, progress=False)
-        curve.append({"images": ck["images"], "accuracy": r.overall_accuracy, "score": r.overall_score})
+        curve.append({"images": ck["images"], "accuracy": r.overall_accuracy, "score": r.overall_score,
+                      "strict": r.overall_strict_accuracy})
         if ck is trl["checkpoints"][-1]:
             export_pipeline(backbone, a.out / "trl" / "final" / "pipeline", meta)
     return curve
@@ -211,20 +212,24 @@ def first_reaching(curve: list[dict], accuracy: float) -> int | None:
     return next((p["images"] for p in curve if p["images"] > 0 and p["accuracy"] >= accuracy - 1e-12), None)
 
 
+def _num(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
 def table(a, res: dict) -> str:
     names = {"trl": "TRL DDPOTrainer (ddpo)", "ddpo": "vgrl ddpo", "nft": "vgrl nft"}
     lines = [f"settings: {a.iterations} iterations x {a.batch_size} images, {a.num_steps} steps, guidance "
              f"{a.guidance}, minibatch {a.minibatch_size}, lr {a.lr}, {a.threads} thread(s); held-out eval "
              f"{a.per_category} per category x 5 ({'SMOKE settings' if a.smoke else 'full'})", "",
              "| run | images | training s | rollout+reward s | update s | images/s | images/CPU-s | held-out "
-             "accuracy before -> end | partial score before -> end |",
-             "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+             "accuracy before -> end | strict accuracy before -> end | partial score before -> end |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---|---|"]
     for key in [k for k in ("trl", "ddpo", "nft") if k in res]:
         r, c = res[key], res[key]["curve"]
         lines.append(f"| {names[key]} | {r['images']} | {r['wall_seconds']:.1f} | {r['seconds_rollout']:.1f} | "
                      f"{r['seconds_update']:.1f} | {r['images_per_second']:.2f} | {r['images_per_cpu_second']:.2f} | "
-                     f"{c[0]['accuracy']:.3f} -> "
-                     f"{c[-1]['accuracy']:.3f} | {c[0]['score']:.3f} -> {c[-1]['score']:.3f} |")
+                     f"{c[0]['accuracy']:.3f} -> {c[-1]['accuracy']:.3f} | {_num(c[0].get('strict'))} -> "
+                     f"{_num(c[-1].get('strict'))} | {c[0]['score']:.3f} -> {c[-1]['score']:.3f} |")
     keys = [k for k in ("trl", "ddpo", "nft") if k in res]
     images = sorted({p["images"] for k in keys for p in res[k]["curve"]})
     lines += ["", "Held-out accuracy (partial score) against images generated:", "",
