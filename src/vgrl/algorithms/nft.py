@@ -156,6 +156,19 @@ def nft_terms(pred: Tensor, old: Tensor, nz: Noised, x0: Tensor, p: Tensor, beta
     return per, e_pos.flatten(1).mean(dim=1), e_neg.flatten(1).mean(dim=1)
 
 
+@contextlib.contextmanager
+def _swapped(params: list[Tensor], tensors: list[Tensor]) -> Iterator[None]:
+    """Run with ``tensors`` as the data of ``params``; the parameters' own data comes back afterwards."""
+    current = [q.data for q in params]
+    try:
+        for q, t in zip(params, tensors):
+            q.data = t
+        yield
+    finally:
+        for q, c in zip(params, current):
+            q.data = c
+
+
 class NFT(Algorithm):
     """DiffusionNFT (arXiv 2509.16117); the maths is in the module docstring."""
 
@@ -230,14 +243,8 @@ class NFT(Algorithm):
                     old.mul_(eta).add_(q.detach(), alpha=1 - eta)
         self._rollouts += 1
         self._sampled = (module, self._old)
-        current = [q.data for q in params]
-        try:
-            for q, s in zip(params, self._old):
-                q.data = s
+        with _swapped(params, self._old):
             yield
-        finally:
-            for q, c in zip(params, current):
-                q.data = c
 
     def state_dict(self) -> dict[str, Any]:
         """``theta_old`` and the rollout count (lagging sampling policy); empty otherwise."""
@@ -297,15 +304,8 @@ class NFT(Algorithm):
             self._moved = not all(torch.equal(q, s) for q, s in zip(params, saved))
             if not self._moved:
                 return None
-        current = [q.data for q in params]
-        try:
-            for q, s in zip(params, saved):
-                q.data = s
-            with torch.no_grad():
-                return backbone.predict(nz.x_t, nz.t, traj.cond, 1.0)
-        finally:
-            for q, c in zip(params, current):
-                q.data = c
+        with _swapped(params, saved), torch.no_grad():
+            return backbone.predict(nz.x_t, nz.t, traj.cond, 1.0)
 
 
 COMPONENT = NFT
