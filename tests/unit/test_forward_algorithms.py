@@ -276,6 +276,8 @@ def test_nft_lagging_sampling_policy_is_the_soft_updated_copy(tiny_backbones, tr
         assert again._rollouts == 4 and all(torch.equal(a, b) for a, b in zip(again._old, algo._old))
         with pytest.raises(ValueError, match="no state"):
             algorithms.get("nft").load_state_dict(state)
+        with pytest.raises(ValueError, match="written with old_decay_rate 0"):
+            again.load_state_dict({})
     finally:
         module.load_state_dict(saved)
         module.zero_grad(set_to_none=True)

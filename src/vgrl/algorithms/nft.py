@@ -234,10 +234,10 @@ class NFT(Algorithm):
             if self._old is None:
                 self._old = [q.detach().clone() for q in params]
             else:
-                self._old = [t.to(q.device) for t, q in zip(self._old, params)]  # a checkpoint loads on the CPU
                 if len(self._old) != len(params):
                     raise ValueError(f"nft: theta_old holds {len(self._old)} tensors, the trained module "
                                      f"{len(params)}; was the checkpoint written for another model?")
+                self._old = [t.to(q.device) for t, q in zip(self._old, params)]  # a checkpoint loads on the CPU
                 eta = self.eta(self._rollouts)
                 for old, q in zip(self._old, params):
                     old.mul_(eta).add_(q.detach(), alpha=1 - eta)
@@ -257,7 +257,9 @@ class NFT(Algorithm):
             super().load_state_dict(state)
             return
         if set(state) != {"rollouts", "old"}:
-            raise ValueError(f"nft with old_decay_rate > 0 expects state keys ['old', 'rollouts'], got {sorted(state)}")
+            raise ValueError(f"nft with old_decay_rate > 0 resumes theta_old from the checkpoint (state keys "
+                             f"['old', 'rollouts']), which holds {sorted(state)}: was it written with "
+                             "old_decay_rate 0?")
         self._rollouts = int(state["rollouts"])
         self._old = None if state["old"] is None else [t.clone() for t in state["old"]]
 
