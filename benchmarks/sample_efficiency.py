@@ -1,12 +1,14 @@
 """Sample efficiency on the shapes world: images generated and training wall-clock until held-out accuracy
 has risen by +10, +15 and +25 points, per algorithm (or the best reached within the budget).
 
-Each algorithm is a training config (default: every ``configs/bench/*.yaml``); the benchmark runs it
-with periodic held-out evaluation (640 fixed samples, the ODE sampler) and a training-time budget,
-then reads the run's ``metrics.jsonl``. Runs that already finished in ``--out`` are read, not re-run,
-so the table can be rebuilt and extended one algorithm at a time.
+The algorithms are the rows of a suite file (default ``benchmarks/efficiency.yaml``: one base config and, per
+row, the dotted overrides that make it that algorithm, plus how often to evaluate). Each row trains with a
+training-time budget and periodic held-out evaluation (the base config's fixed prompts and seeds), then the
+table is read from the run's ``metrics.jsonl``. A row whose run already finished in ``--out`` is read, not
+re-run, and an interrupted one resumes, so the table can be rebuilt and extended a row at a time (two
+processes with disjoint ``--only`` lists share the machine).
 
-    python benchmarks/sample_efficiency.py [--minutes 60] [--eval-every 5] [--out runs/bench] [CONFIG ...]
+    python benchmarks/sample_efficiency.py [--minutes 60] [--threads 2] [--out runs/efficiency] [--only nft rwr]
 """
 
 from __future__ import annotations
@@ -15,29 +17,47 @@ import argparse
 import json
 from pathlib import Path
 
+import yaml
+
 TARGETS = (10, 15, 25)
+SUITE = Path(__file__).with_name("efficiency.yaml")
 
 
-def run_one(config: Path, out: Path, minutes: float, eval_every: int, threads: int) -> Path:
-    """Train ``config`` into ``out/<name>`` unless a finished run is already there."""
+def read_suite(path: Path) -> tuple[str, dict[str, dict]]:
+    """``(base config, {row: {"overrides": [...], "eval_every": n}})``; a clear error for a malformed file."""
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("base"), str) or not isinstance(data.get("rows"), dict):
+        raise SystemExit(f"{path}: expected a mapping with 'base' (a config path) and 'rows' (name -> "
+                         "{overrides: [...], eval_every: N})")
+    for name, row in data["rows"].items():
+        if not isinstance(row, dict) or set(row) - {"overrides", "eval_every"}:
+            raise SystemExit(f"{path}: row {name!r}: valid keys are 'overrides' and 'eval_every', got {row!r}")
+    return data["base"], data["rows"]
+
+
+def run_one(name: str, base: str, row: dict, out: Path, minutes: float, threads: int) -> Path:
+    """Train row ``name`` into ``out/<name>`` unless a finished run is already there (resume a partial one)."""
     from vgrl.config import load_config
     from vgrl.trainer import train
 
-    run_dir = out / config.stem
+    run_dir = out / name
     if (run_dir / "summary.json").is_file():
         return run_dir
-    cfg = load_config(config, [f"train.max_minutes={minutes}", "train.iterations=100000",
-                               f"eval.every={eval_every}", f"train.threads={threads}", "log.progress=false"])
-    train(cfg, run_dir, resume="auto" if (run_dir / "metrics.jsonl").exists() else None)
+    cfg = load_config(base, [*row.get("overrides", []), f"train.max_minutes={minutes}", "train.iterations=100000",
+                             f"eval.every={row.get('eval_every', 10)}", "eval.before=true",
+                             f"train.threads={threads}", "log.progress=false", "train.checkpoint_every=20"])
+    train(cfg, run_dir, resume="auto" if (run_dir / "checkpoints").is_dir() else None)
     return run_dir
 
 
 def milestones(run_dir: Path) -> dict:
-    """Images and training seconds at the first evaluation reaching each target gain, and the best gain."""
+    """Images and training minutes at the first evaluation reaching each target gain; the best gain and the
+    last evaluation's."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if r["kind"] == "eval"]
     base = evals[0]["overall_accuracy"]
-    out = {"before": base, "best_gain": 0.0, "best_at_images": 0, "images": 0, "minutes": 0.0}
+    out = {"before": base, "best_gain": 0.0, "best_at_images": 0, "end_gain": 100 * (evals[-1]["overall_accuracy"] - base),
+           "iterations": max(r.get("iteration", 0) for r in rows)}
     for r in evals:
         gain = 100 * (r["overall_accuracy"] - base)
         if gain > out["best_gain"]:
@@ -45,28 +65,33 @@ def milestones(run_dir: Path) -> dict:
         for target in TARGETS:
             if gain >= target and f"+{target}" not in out:
                 out[f"+{target}"] = (r["images"], r["wall_seconds"] / 60)
-    last = rows[-1]
-    out["images"], out["minutes"] = last["images"], last["wall_seconds"] / 60
+    summary = json.loads((run_dir / "summary.json").read_text())
+    out["images"], out["minutes"] = summary["images_generated"], summary["wall_seconds"] / 60
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("configs", nargs="*", type=Path)
-    parser.add_argument("--minutes", type=float, default=60.0, help="training-time budget per algorithm")
-    parser.add_argument("--eval-every", type=int, default=5, help="iterations between held-out evaluations")
+    parser.add_argument("--suite", type=Path, default=SUITE)
+    parser.add_argument("--only", nargs="*", help="row names to run (default: every row of the suite)")
+    parser.add_argument("--minutes", type=float, default=60.0, help="training-time budget per row")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    parser.add_argument("--out", type=Path, default=Path("runs/efficiency"))
     args = parser.parse_args()
-    configs = args.configs or sorted(Path("configs/bench").glob("*.yaml"))
-    print("| run | before | " + " | ".join(f"+{t} points: images (min)" for t in TARGETS)
-          + " | best gain (at images) | trained images (min) |")
-    print("|---|---:|" + "---:|" * (len(TARGETS) + 2))
-    for config in configs:
-        m = milestones(run_one(config, args.out, args.minutes, args.eval_every, args.threads))
+    base, rows = read_suite(args.suite)
+    unknown = sorted(set(args.only or ()) - set(rows))
+    if unknown:
+        raise SystemExit(f"--only: unknown rows {unknown}; valid: {', '.join(rows)}")
+    names = args.only or list(rows)
+    print("| row | before | " + " | ".join(f"+{t} points: images (min)" for t in TARGETS)
+          + " | best gain (at images) | last eval gain | iterations, images (min) |")
+    print("|---|---:|" + "---:|" * (len(TARGETS) + 3))
+    for name in names:
+        m = milestones(run_one(name, base, rows[name], args.out, args.minutes, args.threads))
         cells = [f"{m[f'+{t}'][0]} ({m[f'+{t}'][1]:.1f})" if f"+{t}" in m else "not reached" for t in TARGETS]
-        print(f"| {config.stem} | {m['before']:.3f} | " + " | ".join(cells)
-              + f" | {m['best_gain']:+.1f} ({m['best_at_images']}) | {m['images']} ({m['minutes']:.1f}) |", flush=True)
+        print(f"| {name} | {m['before']:.3f} | " + " | ".join(cells)
+              + f" | {m['best_gain']:+.1f} ({m['best_at_images']}) | {m['end_gain']:+.1f} | {m['iterations']}, "
+              f"{m['images']} ({m['minutes']:.1f}) |", flush=True)
 
 
 if __name__ == "__main__":

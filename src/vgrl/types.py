@@ -192,6 +192,8 @@ class Batch:
         prompts: ``B`` prompt strings (needed by rewards an algorithm calls itself, and per-prompt statistics).
         metadata: ``B`` per-sample metadata objects for the reward (entries may be None).
         weights: optional ``(B,)`` or dense credit (``(B, H, W)``) the algorithm weights its loss with.
+        precomputed: per-sample tensors (batch dimension first) the algorithm computed for the whole batch
+            before the update (:meth:`Algorithm.before_update`; NFT: the lagging old policy's predictions).
     """
 
     traj: Trajectory
@@ -201,6 +203,7 @@ class Batch:
     prompts: list[str] | None = None
     metadata: list[Any] | None = None
     weights: Tensor | None = None
+    precomputed: dict[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -211,10 +214,12 @@ class Batch:
         pick = (lambda seq: None if seq is None else [seq[i] for i in rows.tolist()])
         return Batch(traj=self.traj.index(rows), rewards=self.rewards[rows], adv=self.adv[rows],
                      group_ids=self.group_ids[rows], prompts=pick(self.prompts), metadata=pick(self.metadata),
-                     weights=None if self.weights is None else self.weights[rows])
+                     weights=None if self.weights is None else self.weights[rows],
+                     precomputed={k: v[rows] for k, v in self.precomputed.items()})
 
     def to(self, device: torch.device | str) -> Batch:
         """The batch with its trajectory (:meth:`Trajectory.to`) and training signal on ``device``."""
         return Batch(traj=self.traj.to(device), rewards=self.rewards.to(device), adv=self.adv.to(device),
                      group_ids=self.group_ids.to(device), prompts=self.prompts, metadata=self.metadata,
-                     weights=None if self.weights is None else self.weights.to(device))
+                     weights=None if self.weights is None else self.weights.to(device),
+                     precomputed={k: v.to(device) for k, v in self.precomputed.items()})

@@ -286,6 +286,48 @@ def test_nft_lagging_sampling_policy_is_the_soft_updated_copy(tiny_backbones, tr
     assert algorithms.get("nft").state_dict() == {}
 
 
+@pytest.mark.parametrize("name", ["flow", "sd-v"])
+def test_nft_batched_old_predictions_match_the_per_minibatch_ones(tiny_backbones, trajs, name):
+    """With the lag, before_update predicts theta_old once for the whole batch at every unit; each
+    minibatch's slice is the prediction the loss would otherwise make itself, so the loss, its gradient
+    and its metrics are the same (fp32; batch 4 vs 2 forwards agree to float rounding). Without the lag
+    the batch is untouched and the loss predicts lazily."""
+    bb, traj = tiny_backbones[name], trajs[name]
+    module = bb.trainable()
+    params = [q for q in module.parameters() if q.requires_grad]
+    saved = copy.deepcopy(module.state_dict())
+    rewards = RewardOutput(scores=torch.tensor([1.0, 0.0, 2.0, 3.0]))
+    try:
+        algo = algorithms.get("nft", old_decay_rate=0.5, old_decay_max=0.5, num_timesteps=2)
+        for _ in range(3):  # theta_old lags theta after the second rollout
+            with algo.sampling_policy(bb):
+                pass
+            batch = algo.prepare(traj, rewards, GROUPS)
+            with torch.no_grad():
+                for q in params:
+                    q.add_(1e-2 * torch.sign(q))
+        current = [q.detach().clone() for q in params]
+        full = algo.before_update(bb, batch)
+        assert set(full.precomputed) == {"old"} and full.precomputed["old"].shape == (4, 2, *traj.x0.shape[1:])
+        assert all(torch.equal(q, c) for q, c in zip(params, current))  # the trained weights are back
+        for rows in ([0, 2], [3, 1]):
+            for unit in (0, 1):
+                lazy_loss, lazy_m = algo.loss(bb, None, batch.index(rows), unit)
+                lazy_g = backward(lazy_loss, module)
+                pre_loss, pre_m = algo.loss(bb, None, full.index(rows), unit)
+                pre_g = backward(pre_loss, module)
+                assert lazy_m["old_deviation"] > 0
+                assert pre_loss.item() == pytest.approx(lazy_loss.item(), rel=1e-5)
+                assert pre_m["old_deviation"] == pytest.approx(lazy_m["old_deviation"], rel=1e-4)
+                assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(pre_g, lazy_g))
+        plain = algorithms.get("nft", num_timesteps=2)
+        plain_batch = plain.prepare(traj, rewards, GROUPS)
+        assert plain.before_update(bb, plain_batch) is plain_batch and plain_batch.precomputed == {}
+    finally:
+        module.load_state_dict(saved)
+        module.zero_grad(set_to_none=True)
+
+
 def test_nft_loss_is_minibatch_split_invariant(tiny_backbones, trajs):
     bb, traj = tiny_backbones["flow"], trajs["flow"]
     algo = algorithms.get("nft", old_policy="current", num_timesteps=2)

@@ -344,3 +344,7 @@ def test_shapes_checker_dense_map_localises_a_planted_defect():
     wrong = reward(images[2:3], [prompts[0].text], [metas[0]])
     assert wrong.scores.tolist() == pytest.approx([1 / 3])
     assert sorted(torch.unique(wrong.dense).tolist()) == pytest.approx([1 / 3, 0.5])
+    # a batch in which nothing is detected (blank images): the map is the score everywhere
+    blank = reward(torch.zeros(2, 3, 32, 32), [prompts[0].text, prompts[2].text], metas[:1] + metas[2:3])
+    assert blank.dense.shape == (2, 32, 32)
+    assert torch.equal(blank.dense, blank.scores.view(2, 1, 1).expand(2, 32, 32))

@@ -8,7 +8,9 @@ minibatches)`` gives the gradient of the mean. Loops, optimisers and distributio
 never to an algorithm. State an algorithm carries across iterations (DDPO's per-prompt statistics) is
 returned by ``state_dict`` so that resume is exact. The rollout runs inside ``sampling_policy(backbone)``:
 the current weights by default; an algorithm whose sampling policy lags the trained one (DiffusionNFT's
-soft-updated ``theta_old``) swaps its weights in there.
+soft-updated ``theta_old``) swaps its weights in there. Between ``prepare`` and the update, ``before_update``
+may compute per-sample tensors for the whole batch in one no-grad pass (``batch.precomputed``, sliced with
+each minibatch): nothing by default; NFT's lagging old policy predicts there once instead of per minibatch.
 
 Runtime objects an algorithm needs are explicit constructor arguments: the trainer builds every
 algorithm as ``cls(options, reward=reward)``; a reward-gradient algorithm (``needs.differentiable_reward``)
@@ -75,6 +77,14 @@ class Algorithm(ABC):
     def sampling_policy(self, backbone) -> contextlib.AbstractContextManager:
         """Context the trainer draws each rollout in: the current weights by default (nothing to do)."""
         return contextlib.nullcontext()
+
+    def before_update(self, backbone, batch: Batch) -> Batch:
+        """The batch the update uses, with anything computed once for all of it in ``batch.precomputed``.
+
+        The trainer calls it on the device batch without gradients, under the rollout's precision
+        (``sampling.mixed_precision``): what it computes belongs to the sampling policy. The batch as it is
+        by default."""
+        return batch
 
     def state_dict(self) -> dict[str, Any]:
         """State carried across iterations (tensors, numbers, strings, lists, dicts); empty by default."""

@@ -46,7 +46,8 @@ updated before rollout ``i`` (``i = 0, 1, ...``) as::
     eta_i = min(old_decay_rate * max(i - old_decay_flat, 0), old_decay_max)
     theta_old <- eta_i theta_old + (1 - eta_i) theta          (theta_old = theta at i = 0)
 
-and the same ``theta_old`` is ``v_old`` in the loss. ``eta = 0`` throughout (rate 0, the default) makes
+and the same ``theta_old`` is ``v_old`` in the loss; its predictions for the whole batch are computed once, in
+the rollout's precision (``sampling.mixed_precision``), before the update (``before_update``). ``eta = 0`` throughout (rate 0, the default) makes
 ``theta_old`` the current weights at each rollout: the sampling policy is then the trained one and the
 snapshot is taken at the first loss call after ``prepare`` (no copy is kept). The paper's code uses
 rate 0.001, max 0.5, flat 0 (GenEval, PickScore) and 0.0075 / 0.999 / 75 (OCR), counted in optimiser
@@ -57,6 +58,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -246,6 +248,27 @@ class NFT(Algorithm):
         with _swapped(params, self._old):
             yield
 
+    def before_update(self, backbone, batch: Batch) -> Batch:
+        """With the lagging sampling policy, ``theta_old``'s predictions at every loss unit's ``(x_t, t)`` for
+        the whole batch, ``batch.precomputed["old"]`` ``(B, num_timesteps, *S)`` float32: one batched forward
+        per unit instead of one per minibatch and unit (``theta_old`` is fixed for the iteration and each
+        sample's draws are its own, so they are the same predictions). The trainer runs this in the rollout's
+        precision. Without the lag (or before any rollout) the batch is returned as it is and the loss predicts
+        lazily, exactly at the first minibatch."""
+        o = self.options
+        if o.old_decay_rate == 0 or self._snapshot is None:
+            return batch
+        module, saved = self._snapshot
+        if module is not backbone.trainable():
+            raise ValueError("nft: the trained module changed since the rollout; call prepare() on each new batch")
+        params = [q for q in module.parameters() if q.requires_grad]
+        traj, preds = batch.traj, []
+        with _swapped(params, saved), torch.no_grad():
+            for k in self.units(batch):
+                nz = noised(backbone, traj, k, o)
+                preds.append(backbone.predict(nz.x_t, nz.t, traj.cond, 1.0).to(torch.float32))
+        return replace(batch, precomputed={**batch.precomputed, "old": torch.stack(preds, dim=1)})
+
     def state_dict(self) -> dict[str, Any]:
         """``theta_old`` and the rollout count (lagging sampling policy); empty otherwise."""
         if self.options.old_decay_rate == 0:
@@ -272,7 +295,10 @@ class NFT(Algorithm):
         if self.needs.reference and ref is None:
             raise ValueError(f"nft with old_policy={o.old_policy!r} and kl={o.kl} needs a reference model (ref=)")
         nz = noised(backbone, traj, step_idx, o)
-        old = self._rollout_prediction(backbone, nz, traj) if o.old_policy == "rollout" else None
+        if "old" in batch.precomputed:  # before_update's batched theta_old predictions
+            old = batch.precomputed["old"][:, step_idx]
+        else:
+            old = self._rollout_prediction(backbone, nz, traj) if o.old_policy == "rollout" else None
         ref_pred = ref.predict(nz.x_t, nz.t, traj.cond, 1.0) if self.needs.reference else None
         pred = backbone.predict(nz.x_t, nz.t, traj.cond, 1.0)
         if old is None:

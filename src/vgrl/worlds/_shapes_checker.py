@@ -259,6 +259,8 @@ class ShapesChecker:
                         c = obj["score"] if rel is None else 0.5 * (obj["score"] + float(rel["ok"]))
                         credit[lo + k] = max(credit[lo + k], c)
         scores = result.score.numpy()[:, None, None]
+        if not len(credit):  # no component in the whole batch (e.g. blank images): background everywhere
+            return torch.from_numpy(np.broadcast_to(scores, det.pixels.shape).astype(np.float32))
         out = np.where(det.pixels >= 0, credit[np.maximum(det.pixels, 0)], scores)
         return torch.from_numpy(out.astype(np.float32))
 
