@@ -7,7 +7,7 @@ One iteration (DESIGN.md)::
                                                      in algorithm.sampling_policy (current weights by default)
     SCORE    r = reward(backbone.decode(traj.x0), prompts, metadata)
     PREPARE  batch = algorithm.prepare(traj, r, group_ids, prompts, metadata)
-             batch = algorithm.before_update(backbone, batch)   no grad, rollout precision; a no-op by default
+             batch = algorithm.before_update(backbone, batch)   no grad, training precision; a no-op by default
     UPDATE   for each inner epoch, optimiser step, minibatch and unit: backward(loss / (units x grad_accum));
              average gradients over processes; skip the step if anything is non-finite; clip; step; EMA
     LOG / EVAL / SAVE
@@ -313,7 +313,7 @@ def iterate(run: Run, counters: Counters) -> tuple[dict, Tensor | None]:
         row["empty_batch"] = 1.0
         return row, images
     t1 = time.perf_counter()
-    with torch.no_grad(), run.sampling_precision.autocast():
+    with torch.no_grad(), run.precision.autocast():
         batch = run.algorithm.before_update(run.backbone, batch.to(run.device))
     row.update(update(run, counters, batch))
     row["seconds_update"] = time.perf_counter() - t1

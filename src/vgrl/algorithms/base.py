@@ -81,9 +81,10 @@ class Algorithm(ABC):
     def before_update(self, backbone, batch: Batch) -> Batch:
         """The batch the update uses, with anything computed once for all of it in ``batch.precomputed``.
 
-        The trainer calls it on the device batch without gradients, under the rollout's precision
-        (``sampling.mixed_precision``): what it computes belongs to the sampling policy. The batch as it is
-        by default."""
+        The trainer calls it on the device batch without gradients, under the training precision
+        (``train.mixed_precision``, as the loss): what it computes is compared with the loss's own forwards,
+        so it must carry the same rounding (NFT's ``v_old - v_theta`` on the quickstart: bf16 rounding, ~2e-2
+        RMS, would swamp the lag itself, 3e-3 to 2e-2 RMS). The batch as it is by default."""
         return batch
 
     def state_dict(self) -> dict[str, Any]:

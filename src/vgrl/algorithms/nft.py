@@ -47,7 +47,7 @@ updated before rollout ``i`` (``i = 0, 1, ...``) as::
     theta_old <- eta_i theta_old + (1 - eta_i) theta          (theta_old = theta at i = 0)
 
 and the same ``theta_old`` is ``v_old`` in the loss; its predictions for the whole batch are computed once, in
-the rollout's precision (``sampling.mixed_precision``), before the update (``before_update``). ``eta = 0`` throughout (rate 0, the default) makes
+the training precision, before the update (``before_update``). ``eta = 0`` throughout (rate 0, the default) makes
 ``theta_old`` the current weights at each rollout: the sampling policy is then the trained one and the
 snapshot is taken at the first loss call after ``prepare`` (no copy is kept). The paper's code uses
 rate 0.001, max 0.5, flat 0 (GenEval, PickScore) and 0.0075 / 0.999 / 75 (OCR), counted in optimiser
@@ -252,8 +252,8 @@ class NFT(Algorithm):
         """With the lagging sampling policy, ``theta_old``'s predictions at every loss unit's ``(x_t, t)`` for
         the whole batch, ``batch.precomputed["old"]`` ``(B, num_timesteps, *S)`` float32: one batched forward
         per unit instead of one per minibatch and unit (``theta_old`` is fixed for the iteration and each
-        sample's draws are its own, so they are the same predictions). The trainer runs this in the rollout's
-        precision. Without the lag (or before any rollout) the batch is returned as it is and the loss predicts
+        sample's draws are its own, so they are the same predictions). The trainer runs this in the training
+        precision, as the loss. Without the lag (or before any rollout) the batch is returned as it is and the loss predicts
         lazily, exactly at the first minibatch."""
         o = self.options
         if o.old_decay_rate == 0 or self._snapshot is None:
