@@ -4,17 +4,20 @@ has risen by +10, +15 and +25 points, per algorithm (or the best reached within 
 The algorithms are the rows of a suite file (default ``benchmarks/efficiency.yaml``: one base config and, per
 row, the dotted overrides that make it that algorithm, plus how often to evaluate). Each row trains with a
 training-time budget and periodic held-out evaluation (the base config's fixed prompts and seeds), then the
-table is read from the run's ``metrics.jsonl``. A row whose run already finished in ``--out`` is read, not
-re-run, and an interrupted one resumes, so the table can be rebuilt and extended a row at a time (two
+table is read from the run's ``metrics.jsonl``. A row whose run already trained ``--minutes`` in ``--out`` is
+read, not re-run; an interrupted one resumes, and one that finished a smaller budget continues to the larger
+one from its last checkpoint, so the table can be rebuilt, extended a row at a time and lengthened later (two
 processes with disjoint ``--only`` lists share the machine).
 
     python benchmarks/sample_efficiency.py [--minutes 60] [--threads 2] [--out runs/efficiency] [--only nft rwr]
+                                           [--set a.b=c ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -35,16 +38,21 @@ def read_suite(path: Path) -> tuple[str, dict[str, dict]]:
     return data["base"], data["rows"]
 
 
-def run_one(name: str, base: str, row: dict, out: Path, minutes: float, threads: int) -> Path:
-    """Train row ``name`` into ``out/<name>`` unless a finished run is already there (resume a partial one)."""
+def run_one(name: str, base: str, row: dict, out: Path, minutes: float, threads: int,
+            extra: Sequence[str] = ()) -> Path:
+    """Train row ``name`` into ``out/<name>`` for ``minutes`` of training: nothing to do when a finished run
+    there already trained that long; otherwise resume it (a partial run, or a finished one with a smaller
+    budget, which then goes on to the new budget from its last checkpoint, exactly). ``extra``: overrides
+    applied to every row after its own (``--set``)."""
     from vgrl.config import load_config
     from vgrl.trainer import train
 
     run_dir = out / name
-    if (run_dir / "summary.json").is_file():
+    summary = run_dir / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text())["wall_seconds"] >= minutes * 60 - 1:
         return run_dir
-    cfg = load_config(base, [*row.get("overrides", []), f"train.max_minutes={minutes}", "train.iterations=100000",
-                             f"eval.every={row.get('eval_every', 10)}", "eval.before=true",
+    cfg = load_config(base, [*row.get("overrides", []), *extra, f"train.max_minutes={minutes}",
+                             "train.iterations=100000", f"eval.every={row.get('eval_every', 10)}", "eval.before=true",
                              f"train.threads={threads}", "log.progress=false", "train.checkpoint_every=20"])
     train(cfg, run_dir, resume="auto" if (run_dir / "checkpoints").is_dir() else None)
     return run_dir
@@ -77,6 +85,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=60.0, help="training-time budget per row")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/efficiency"))
+    parser.add_argument("--set", nargs="*", default=[], metavar="A.B=C",
+                        help="overrides for every row (e.g. backbone.path=... to run the suite on another model)")
     args = parser.parse_args()
     base, rows = read_suite(args.suite)
     unknown = sorted(set(args.only or ()) - set(rows))
@@ -87,7 +97,7 @@ def main() -> None:
           + " | best gain (at images) | last eval gain | iterations, images (min) |")
     print("|---|---:|" + "---:|" * (len(TARGETS) + 3))
     for name in names:
-        m = milestones(run_one(name, base, rows[name], args.out, args.minutes, args.threads))
+        m = milestones(run_one(name, base, rows[name], args.out, args.minutes, args.threads, args.set))
         cells = [f"{m[f'+{t}'][0]} ({m[f'+{t}'][1]:.1f})" if f"+{t}" in m else "not reached" for t in TARGETS]
         print(f"| {name} | {m['before']:.3f} | " + " | ".join(cells)
               + f" | {m['best_gain']:+.1f} ({m['best_at_images']}) | {m['end_gain']:+.1f} | {m['iterations']}, "

@@ -5,6 +5,7 @@ for an hour a row; a row that cannot start must fail here, not after the previou
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,24 @@ def test_suite_file_errors_name_the_row(tmp_path):
     bad.write_text("base: configs/quickstart.yaml\nrows: {nft: {overrides: [], every: 3}}\n")
     with pytest.raises(SystemExit, match="row 'nft': valid keys are 'overrides' and 'eval_every'"):
         _benchmark_module().read_suite(bad)
+
+
+def test_a_longer_budget_continues_the_finished_run(tmp_path):
+    """``--minutes`` larger than a finished row's budget resumes it from its final checkpoint: the iterations
+    go on from where they stopped (none repeated), the training clock accumulates, and a budget already met
+    trains nothing."""
+    bench = _benchmark_module()
+    small = [o for o in SMALL if not o.startswith(("train.iterations", "train.max_minutes", "eval.every"))]
+    row = {"overrides": ROWS["nft"]["overrides"], "eval_every": 1000}
+    run_dir = bench.run_one("nft", BASE, row, tmp_path, 0.02, 1, [*small, "batch_size=16"])
+    first = json.loads((run_dir / "summary.json").read_text())
+    assert first["wall_seconds"] >= 1.2 and first["iterations"] >= 1
+    bench.run_one("nft", BASE, row, tmp_path, 0.05, 1, [*small, "batch_size=16"])
+    second = json.loads((run_dir / "summary.json").read_text())
+    assert second["wall_seconds"] >= 3.0 and second["iterations"] > first["iterations"]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows if r["kind"] == "train"] == list(range(1, second["iterations"] + 1))
+    assert second["heldout_accuracy_before"] == first["heldout_accuracy_before"]
+    mtime = (run_dir / "summary.json").stat().st_mtime_ns
+    bench.run_one("nft", BASE, row, tmp_path, 0.05, 1, [*small, "batch_size=16"])
+    assert (run_dir / "summary.json").stat().st_mtime_ns == mtime
