@@ -344,6 +344,19 @@ def test_shapes_checker_dense_map_localises_a_planted_defect():
     wrong = reward(images[2:3], [prompts[0].text], [metas[0]])
     assert wrong.scores.tolist() == pytest.approx([1 / 3])
     assert sorted(torch.unique(wrong.dense).tolist()) == pytest.approx([1 / 3, 0.5])
+    # the map's level follows the reward: with an extra-object penalty or the pass score its background is the
+    # sample's reward and its deviations from the reward are the partial-credit map's
+    pair = torch.cat([defect[:1], images[2:3]])  # an extra object (partial 1, passes); a failed relation (1/3)
+    texts, pair_metas = [prompts[0].text] * 2, [metas[0]] * 2
+    plain = reward(pair, texts, pair_metas)
+    for options, want in (({"extra_penalty": 0.5}, [0.5, 1 / 3]), ({"score": "pass"}, [1.0, 0.0]),
+                          ({"score": "pass", "extra_penalty": 0.25}, [0.75, 0.0])):
+        shifted = rewards.get("shapes_checker", dense=True, **options)(pair, texts, pair_metas)
+        assert shifted.scores.tolist() == pytest.approx(want)
+        assert torch.allclose(shifted.dense - shifted.scores.view(-1, 1, 1), plain.dense - plain.scores.view(-1, 1, 1))
+    penalised = rewards.get("shapes_checker", dense=True, extra_penalty=0.5)(pair, texts, pair_metas)
+    assert (penalised.dense[0, 1:7, 1:7] == -0.5).all()  # the extra square's pixels: no credit, and the penalty
+    assert (penalised.dense[0, 7:, 7:] == 0.5).all()  # matched objects (credit 1) and background: 1 - 0.5
     # a batch in which nothing is detected (blank images): the map is the score everywhere
     blank = reward(torch.zeros(2, 3, 32, 32), [prompts[0].text, prompts[2].text], metas[:1] + metas[2:3])
     assert blank.dense.shape == (2, 32, 32)

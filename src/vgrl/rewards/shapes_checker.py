@@ -15,6 +15,12 @@ GenEval's rules let "a X" pass however many other objects are drawn, and a polic
 to draw extra objects (docs/hacking.md). ``extra_penalty = lambda`` charges that:
 ``r <- r - lambda 1[extra > 0]``, with ``extra`` the detected components beyond the objects the prompt
 names (:class:`~vgrl.worlds._shapes_checker.CheckResult`).
+
+The dense map (``dense=True``) is the checker's per-pixel credit (matched objects: their fact score; wrong
+objects: 0; background: the partial score) shifted per sample by ``r - partial``, so that its background is the
+sample's reward ``r`` whatever ``score`` and ``extra_penalty`` say while its local deviations from ``r`` are
+the checker's. Without the shift a penalised sample's whole map would sit ``lambda`` above its reward, and
+dense credit would push its background (most pixels) towards the positive policy.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ class ShapesCheckerOptions(RewardOptions):
         "partial", description="'partial': mean fact score in [0, 1]; 'pass': 1 if every fact holds else 0")
     resolution: int = Field(32, ge=32, description="image side in pixels the checker is tuned for")
     dense: bool = Field(False, description="also return the per-pixel credit map (B, H, W) in `dense`: "
-                                           "matched objects' fact scores, 0 on wrong objects, the score elsewhere")
+                                           "matched objects' fact scores, 0 on wrong objects, the partial score "
+                                           "elsewhere, all shifted by (reward - partial score)")
     extra_penalty: float = Field(0.0, ge=0, description="subtracted from the score of a sample that draws more "
                                                         "objects than its prompt names (0 = GenEval's rules)")
 
@@ -82,6 +89,8 @@ class ShapesCheckerReward(Reward):
         scores = res.score if self.options.score == "partial" else res.passed.to(torch.float32)
         if self.options.extra_penalty > 0:
             scores = scores - self.options.extra_penalty * (res.extra > 0).to(torch.float32)
+        if dense is not None:  # the map's level is the reward, its local deviations the checker's
+            dense = dense + (scores - res.score).to(dense.device).view(-1, 1, 1)
         details = {"passed": res.passed, "partial": res.score, "extra_objects": res.extra > 0,
                    "category": [m.category for m in metadata]}
         return RewardOutput(scores=scores.to(device=images.device, dtype=torch.float32), details=details,
