@@ -64,7 +64,8 @@ def milestones(run_dir: Path) -> dict:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if r["kind"] == "eval"]
     base = evals[0]["overall_accuracy"]
-    out = {"before": base, "best_gain": 0.0, "best_at_images": 0, "end_gain": 100 * (evals[-1]["overall_accuracy"] - base),
+    out = {"before": base, "best_gain": 0.0, "best_at_images": 0,
+           "end_gain": 100 * (evals[-1]["overall_accuracy"] - base),
            "iterations": max(r.get("iteration", 0) for r in rows)}
     for r in evals:
         gain = 100 * (r["overall_accuracy"] - base)

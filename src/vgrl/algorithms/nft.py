@@ -253,8 +253,8 @@ class NFT(Algorithm):
         the whole batch, ``batch.precomputed["old"]`` ``(B, num_timesteps, *S)`` float32: one batched forward
         per unit instead of one per minibatch and unit (``theta_old`` is fixed for the iteration and each
         sample's draws are its own, so they are the same predictions). The trainer runs this in the training
-        precision, as the loss. Without the lag (or before any rollout) the batch is returned as it is and the loss predicts
-        lazily, exactly at the first minibatch."""
+        precision, as the loss. Without the lag (or before any rollout) the batch is returned as it is and the
+        loss predicts lazily, exactly at the first minibatch."""
         o = self.options
         if o.old_decay_rate == 0 or self._snapshot is None:
             return batch
