@@ -230,8 +230,7 @@ class NFT(Algorithm):
         if self.options.old_decay_rate == 0:
             yield
             return
-        module = backbone.trainable()
-        params = [q for q in module.parameters() if q.requires_grad]
+        module, params = backbone.trainable(), _trained_params(backbone)
         with torch.no_grad():
             if self._old is None:
                 self._old = [q.detach().clone() for q in params]
@@ -258,15 +257,9 @@ class NFT(Algorithm):
         o = self.options
         if o.old_decay_rate == 0 or self._snapshot is None:
             return batch
-        module, saved = self._snapshot
-        if module is not backbone.trainable():
-            raise ValueError("nft: the trained module changed since the rollout; call prepare() on each new batch")
-        params = [q for q in module.parameters() if q.requires_grad]
-        traj, preds = batch.traj, []
-        with _swapped(params, saved), torch.no_grad():
-            for k in self.units(batch):
-                nz = noised(backbone, traj, k, o)
-                preds.append(backbone.predict(nz.x_t, nz.t, traj.cond, 1.0).to(torch.float32))
+        traj, params = batch.traj, _trained_params(backbone)
+        preds = [self._snapshot_prediction(backbone, params, noised(backbone, traj, k, o), traj).to(torch.float32)
+                 for k in self.units(batch)]
         return replace(batch, precomputed={**batch.precomputed, "old": torch.stack(preds, dim=1)})
 
     def state_dict(self) -> dict[str, Any]:
@@ -319,21 +312,29 @@ class NFT(Algorithm):
     def _rollout_prediction(self, backbone, nz: Noised, traj: Trajectory) -> Tensor | None:
         """The rollout weights' prediction, or None while the weights have not moved since the rollout
         (then it equals the current prediction exactly and costs no extra forward pass)."""
-        module = backbone.trainable()
-        params = [q for q in module.parameters() if q.requires_grad]
+        params = _trained_params(backbone)
         if self._snapshot is None:
-            self._snapshot = (module, [q.detach().clone() for q in params])
+            self._snapshot = (backbone.trainable(), [q.detach().clone() for q in params])
             return None
-        owner, saved = self._snapshot
-        if owner is not module:
-            raise ValueError("nft: the trained module changed since the rollout snapshot; call prepare() "
-                             "on each new batch")
         if not self._moved:
-            self._moved = not all(torch.equal(q, s) for q, s in zip(params, saved))
+            self._moved = not all(torch.equal(q, s) for q, s in zip(params, self._snapshot[1]))
             if not self._moved:
                 return None
+        return self._snapshot_prediction(backbone, params, nz, traj)
+
+    def _snapshot_prediction(self, backbone, params: list[Tensor], nz: Noised, traj: Trajectory) -> Tensor:
+        """The snapshot weights' (rollout / ``theta_old``) prediction at ``nz``, without gradients."""
+        owner, saved = self._snapshot
+        if owner is not backbone.trainable():
+            raise ValueError("nft: the trained module changed since the rollout snapshot; call prepare() "
+                             "on each new batch")
         with _swapped(params, saved), torch.no_grad():
             return backbone.predict(nz.x_t, nz.t, traj.cond, 1.0)
+
+
+def _trained_params(backbone) -> list[Tensor]:
+    """The trained (``requires_grad``) parameters of the backbone's trainable module, in order."""
+    return [q for q in backbone.trainable().parameters() if q.requires_grad]
 
 
 COMPONENT = NFT
