@@ -406,6 +406,43 @@ def test_raft_dropped_rows_have_exactly_zero_gradient(tiny_backbones, trajs):
         module.zero_grad(set_to_none=True)
 
 
+@pytest.mark.parametrize("name", ["rwr", "raft"])
+def test_regression_anchor_to_the_base_model_by_hand(tiny_backbones, trajs, name):
+    bb, traj = tiny_backbones["flow"], trajs["flow"]
+    module = bb.trainable()
+    ref = Reference(bb, lora=False)  # a frozen copy of the weights as they are now: the "base"
+    kw = {"top_k": 2} if name == "raft" else {}
+    plain, anchored = algorithms.get(name, **kw), algorithms.get(name, kl=0.5, **kw)
+    assert anchored.needs.reference and not plain.needs.reference
+    batch = plain.prepare(traj, RewardOutput(scores=torch.tensor([1.0, 0.0, 2.0, 3.0])), GROUPS)
+    w = batch.weights
+    # at the base weights the anchor is zero with zero gradient: the same loss and gradient as kl = 0
+    loss_p, _ = plain.loss(bb, None, batch, 1)
+    loss_a, m = anchored.loss(bb, None, batch, 1, ref)
+    assert m["kl"] == 0.0 and loss_a.item() == pytest.approx(loss_p.item(), rel=1e-6)
+    assert all(torch.allclose(g, h, atol=1e-8) for g, h in
+               zip(backward(loss_p, module), backward(anchored.loss(bb, None, batch, 1, ref)[0], module)))
+    saved = copy.deepcopy(module.state_dict())
+    try:
+        with torch.no_grad():
+            for q in module.parameters():
+                q.add_(1e-2 * torch.sign(q))  # the policy has moved away from the base
+            loss, m = anchored.loss(bb, None, batch, 1, ref)
+            nz = noised(bb, traj, 1, anchored.options)
+            pred = bb.predict(nz.x_t, nz.t, traj.cond, 1.0)
+            base = ref.predict(nz.x_t, nz.t, traj.cond, 1.0)
+            err = ((pred - nz.target) ** 2).flatten(1).mean(1)
+            k = ((pred - base) ** 2).flatten(1).mean(1)
+        kept = w > 0
+        assert loss.item() == pytest.approx(((w * (err + 0.5 * k))[kept]).sum().item() / 4, rel=1e-5)
+        assert m["kl"] == pytest.approx(k[kept].mean().item(), rel=1e-5) and m["kl"] > 0
+        with pytest.raises(ValueError, match="needs the reference model"):
+            anchored.loss(bb, None, batch, 1)
+    finally:
+        module.load_state_dict(saved)
+        module.zero_grad(set_to_none=True)
+
+
 def test_weighted_loss_rejects_bad_weights(tiny_backbones, trajs):
     batch = Batch(traj=trajs["flow"], rewards=torch.zeros(4), adv=torch.zeros(4), group_ids=GROUPS)
     with pytest.raises(ValueError, match="non-negative"):
@@ -435,7 +472,7 @@ def _config(tmp_path, backbone, algorithm):
 
 @pytest.mark.parametrize("backbone", ["flow", "sd"])
 @pytest.mark.parametrize("algorithm", [{"name": "nft", "num_timesteps": 2}, {"name": "rwr"},
-                                       {"name": "raft", "top_k": 1}])
+                                       {"name": "raft", "top_k": 1}, {"name": "rwr", "kl": 0.5}])
 def test_train_two_iterations_with_the_ode_kernel(tmp_path, backbone, algorithm):
     from vgrl.trainer import train
 

@@ -54,6 +54,14 @@ class NoisingOptions(AlgorithmOptions):
     logit_std: float = Field(1.0, gt=0, description="std s of logit-normal times")
 
 
+class RegressionOptions(NoisingOptions):
+    """Options of the algorithms that regress the policy's own samples (RWR, RAFT)."""
+
+    kl: float = Field(0.0, ge=0, description="weight of ||v_theta - v_ref||^2 to the base model per trained sample, "
+                                             "weighted like its denoising loss (0 = off): an anchor against the "
+                                             "drift of regressing on the policy's own samples")
+
+
 @dataclass
 class Noised:
     """A noised minibatch: ``t`` ``(B,)`` (flow float32, sd int64), ``eps``, ``x_t``, ``target`` ``(B, *S)``
@@ -157,26 +165,39 @@ def denoising_error(pred: Tensor, target: Tensor) -> Tensor:
     return ((pred.to(torch.float32) - target) ** 2).flatten(1).mean(dim=1)
 
 
-def weighted_denoising_loss(backbone, batch: Batch, unit: int, options: NoisingOptions,
-                            weights: Tensor) -> tuple[Tensor, dict[str, float]]:
-    """``sum_i w_i L_i / B`` over minibatch ``batch`` (``B`` rows) at loss unit ``unit``.
+def weighted_denoising_loss(backbone, batch: Batch, unit: int, options: RegressionOptions,
+                            weights: Tensor, ref=None) -> tuple[Tensor, dict[str, float]]:
+    """``sum_i w_i (L_i + kl K_i) / B`` over minibatch ``batch`` (``B`` rows) at loss unit ``unit``, with
+    ``K_i = mean_dims (pred_i - ref_i)^2`` the distance to the base model's prediction ``ref.predict`` at the
+    same ``(x_t, t)`` (only when ``options.kl > 0``). Per sample the minimiser is ``(target + kl ref) / (1 + kl)``:
+    each trained sample is regressed towards a blend of its own target and the base model.
 
     Rows with ``w_i = 0`` are not run through the network (their gradient is exactly zero); a
     minibatch without a positive weight returns a zero loss that back-propagates nothing.
 
     Args:
         weights: ``(B,)`` non-negative per-sample weights.
+        ref: the reference model (:class:`vgrl.policy.Reference`); needed when ``options.kl > 0``.
     Returns:
-        the scalar loss and ``denoise_loss`` (unweighted mean ``L`` over the rows run), ``t_mean``.
+        the scalar loss and ``denoise_loss`` (unweighted mean ``L`` over the rows run), ``t_mean`` and, with
+        ``kl > 0``, ``kl`` (unweighted mean ``K``).
     """
     if weights.shape != (len(batch),) or bool((weights < 0).any()):
         raise ValueError(f"weights must be (B,) = ({len(batch)},) and non-negative, got {tuple(weights.shape)}")
+    if options.kl > 0 and ref is None:
+        raise ValueError(f"kl={options.kl} needs the reference model (ref=)")
     rows = (weights > 0).nonzero().flatten()
     if rows.numel() == 0:
-        return torch.zeros((), device=weights.device, requires_grad=True), {"denoise_loss": 0.0, "t_mean": 0.0}
+        empty = {"denoise_loss": 0.0, "t_mean": 0.0, **({"kl": 0.0} if options.kl > 0 else {})}
+        return torch.zeros((), device=weights.device, requires_grad=True), empty
     traj = batch.traj if rows.numel() == len(batch) else batch.traj.index(rows)
     nz = noised(backbone, traj, unit, options)
     pred = backbone.predict(nz.x_t, nz.t, traj.cond, 1.0)
     err = denoising_error(pred, nz.target)
+    metrics = {"denoise_loss": err.mean().item(), "t_mean": nz.t.to(torch.float32).mean().item()}
+    if options.kl > 0:
+        anchor = denoising_error(pred, ref.predict(nz.x_t, nz.t, traj.cond, 1.0).to(torch.float32))
+        metrics["kl"] = anchor.mean().item()
+        err = err + options.kl * anchor
     loss = (weights[rows].to(torch.float32) * err).sum() / len(batch)
-    return loss, {"denoise_loss": err.mean().item(), "t_mean": nz.t.to(torch.float32).mean().item()}
+    return loss, metrics

@@ -12,7 +12,8 @@ included): only the clean samples ``x0`` are used. Within each ranking set ``S``
 and at each loss unit (``num_timesteps`` per sample), with ``t, eps`` from the sample's seeded
 generator (:mod:`vgrl.algorithms._forward`)::
 
-    L = (1 / B) sum_i w_i mean_dims (pred_i - target_i)^2,   pred = backbone.predict(x_t, t, c, guidance 1)
+    L = (1 / B) sum_i w_i [mean_dims (pred_i - target_i)^2 + kl mean_dims (pred_i - ref_i)^2]
+    pred = backbone.predict(x_t, t, c, guidance 1),   ref = the base model's prediction (only when kl > 0)
 
 Dropped samples are not run through the network, so their gradient is exactly zero.
 """
@@ -26,12 +27,12 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from vgrl.algorithms._forward import NoisingOptions, weighted_denoising_loss
+from vgrl.algorithms._forward import RegressionOptions, weighted_denoising_loss
 from vgrl.algorithms.base import Algorithm, Needs
 from vgrl.types import Batch, RewardOutput, Trajectory
 
 
-class RAFTOptions(NoisingOptions):
+class RAFTOptions(RegressionOptions):
     top_fraction: float | None = Field(0.25, gt=0, le=1, description="keep ceil(top_fraction n) samples of each "
                                                                       "ranking set")
     top_k: int | None = Field(None, ge=1, description="keep this many samples of each ranking set instead "
@@ -78,7 +79,7 @@ class RAFT(Algorithm):
 
     @property
     def needs(self) -> Needs:
-        return Needs(groups=self.options.scope == "group")
+        return Needs(groups=self.options.scope == "group", reference=self.options.kl > 0)
 
     def prepare(self, traj: Trajectory, reward: RewardOutput, group_ids: Tensor,
                 prompts: list[str] | None = None, metadata: list[Any] | None = None) -> Batch:
@@ -99,10 +100,11 @@ class RAFT(Algorithm):
         return list(range(self.options.num_timesteps))
 
     def loss(self, backbone, kernel, batch: Batch, step_idx: int, ref=None) -> tuple[Tensor, dict[str, float]]:
-        """The denoising loss of the kept samples at draw ``step_idx``; ``kernel`` and ``ref`` are unused."""
+        """The denoising loss of the kept samples at draw ``step_idx`` (plus the anchor to ``ref`` when ``kl > 0``);
+        ``kernel`` is unused."""
         if batch.weights is None:
             raise ValueError("raft needs the 0/1 weights in batch.weights: build the batch with prepare()")
-        loss, metrics = weighted_denoising_loss(backbone, batch, step_idx, self.options, batch.weights)
+        loss, metrics = weighted_denoising_loss(backbone, batch, step_idx, self.options, batch.weights, ref)
         return loss, {**metrics, **self._stats}
 
 

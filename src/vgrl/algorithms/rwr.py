@@ -15,10 +15,14 @@ with ``S(i)`` the whole batch (``weights: batch``) or the sample's prompt group 
 softmax within the group, scaled so the group's weights average 1). At each loss unit (``num_timesteps``
 per sample) draw ``t, eps`` from the sample's seeded generator and (:mod:`vgrl.algorithms._forward`)::
 
-    L = (1 / B) sum_i w_i mean_dims (pred_i - target_i)^2,   pred = backbone.predict(x_t, t, c, guidance 1)
+    L = (1 / B) sum_i w_i [mean_dims (pred_i - target_i)^2 + kl mean_dims (pred_i - ref_i)^2]
+    pred = backbone.predict(x_t, t, c, guidance 1),   ref = the base model's prediction (only when kl > 0)
 
 with ``target`` the prediction type's (velocity ``eps - x0``, ``eps``, or ``v``). Equal rewards give
-``w = 1``: the plain denoising (fine-tuning) loss on the samples.
+``w = 1``: the plain denoising (fine-tuning) loss on the samples. Regressing a model on its own samples is a
+self-consuming loop: without the anchor (``kl = 0``) the shapes quickstart setting drifts to blank images
+within ~50 rollouts whatever the sampler, step count or LR (docs/algorithms/rwr.md); ``kl > 0`` pulls each
+trained sample's prediction towards ``(target + kl ref) / (1 + kl)``.
 """
 
 from __future__ import annotations
@@ -30,12 +34,12 @@ from pydantic import Field
 from torch import Tensor
 
 from vgrl.advantages import normalized_rewards
-from vgrl.algorithms._forward import NoisingOptions, weighted_denoising_loss
+from vgrl.algorithms._forward import RegressionOptions, weighted_denoising_loss
 from vgrl.algorithms.base import Algorithm, Needs
 from vgrl.types import Batch, RewardOutput, Trajectory
 
 
-class RWROptions(NoisingOptions):
+class RWROptions(RegressionOptions):
     temperature: float = Field(1.0, gt=0, description="w = exp(A / temperature), normalised")
     normalize: Literal["batch", "group", "none"] = Field(
         "batch", description="A: rewards standardised over the batch, per prompt group, or raw")
@@ -74,7 +78,7 @@ class RWR(Algorithm):
     @property
     def needs(self) -> Needs:
         o = self.options
-        return Needs(groups=o.normalize == "group" or o.weights == "group")
+        return Needs(groups=o.normalize == "group" or o.weights == "group", reference=o.kl > 0)
 
     def prepare(self, traj: Trajectory, reward: RewardOutput, group_ids: Tensor,
                 prompts: list[str] | None = None, metadata: list[Any] | None = None) -> Batch:
@@ -94,10 +98,11 @@ class RWR(Algorithm):
         return list(range(self.options.num_timesteps))
 
     def loss(self, backbone, kernel, batch: Batch, step_idx: int, ref=None) -> tuple[Tensor, dict[str, float]]:
-        """The weighted denoising loss at draw ``step_idx``; ``kernel`` and ``ref`` are unused."""
+        """The weighted denoising loss at draw ``step_idx`` (plus the anchor to ``ref`` when ``kl > 0``); ``kernel``
+        is unused."""
         if batch.weights is None:
             raise ValueError("rwr needs the sample weights in batch.weights: build the batch with prepare()")
-        loss, metrics = weighted_denoising_loss(backbone, batch, step_idx, self.options, batch.weights)
+        loss, metrics = weighted_denoising_loss(backbone, batch, step_idx, self.options, batch.weights, ref)
         return loss, {**metrics, **self._stats}
 
 
