@@ -66,7 +66,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from vgrl.advantages import group_advantages
-from vgrl.algorithms._forward import Noised, NoisingOptions, noised
+from vgrl.algorithms._forward import Noised, NoisingOptions, denoising_error, noised
 from vgrl.algorithms.base import Algorithm, Needs
 from vgrl.types import Batch, RewardOutput, Trajectory
 
@@ -304,7 +304,7 @@ class NFT(Algorithm):
                        "old_deviation": ((pred.float() - old.float()) ** 2).mean().item(),
                        "t_mean": nz.t.float().mean().item(), **self._stats}
         if o.kl > 0:
-            kl = ((pred.to(torch.float32) - ref_pred.to(torch.float32)) ** 2).flatten(1).mean(dim=1).mean()
+            kl = denoising_error(pred, ref_pred.to(torch.float32)).mean()
             loss = loss + o.kl * kl
             metrics["kl"] = kl.item()
         return loss, metrics
