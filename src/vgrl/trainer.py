@@ -298,7 +298,8 @@ def iterate(run: Run, counters: Counters) -> tuple[dict, Tensor | None]:
         return _skip(run, counters, row, "non-finite reward", [ids[i // g] for i in e.samples]), images
     scores = run.dist.gather(reward.scores.detach())
     row.update(reward_mean=scores.mean().item(), reward_std=scores.std(unbiased=False).item(),
-               seconds_rollout=time.perf_counter() - t0, **_detail_means(reward.details, len(images)))
+               seconds_rollout=time.perf_counter() - t0, **_detail_means(reward.details, len(images)),
+               **_category_means(scores, draw.metas, g))
     if run.rollout_dir is not None:
         from vgrl.data.preferences import save_rollouts
 
@@ -347,6 +348,18 @@ def _detail_means(details: dict, batch: int) -> dict[str, float]:
                                                                       or value.dtype == torch.bool):
             out[f"reward/{key}"] = value.detach().float().mean().item()
     return out
+
+
+def _category_means(scores: Tensor, metas, group_size: int) -> dict[str, float]:
+    """``reward_by_category/<category>``: the mean reward of this rollout's samples of each prompt category
+    drawn (world prompts only; ``scores`` is the gathered batch, prompt ``i`` owning rows ``i*G .. i*G+G-1``), so
+    the training reward can be read per category beside the evaluation's per-category accuracy."""
+    cats = [getattr(m, "category", None) for m in metas]
+    if any(c is None for c in cats):
+        return {}
+    per_sample = [c for c in cats for _ in range(group_size)]
+    return {f"reward_by_category/{c}": scores[[i for i, x in enumerate(per_sample) if x == c]].mean().item()
+            for c in dict.fromkeys(cats)}
 
 
 def _prepare(run: Run, traj, reward, scores: Tensor, draw, groups: slice) -> Batch:

@@ -231,3 +231,32 @@ def test_data_categories_restrict_the_training_prompts(tmp_path):
         _prompt_sampler(config(tmp_path, data={"categories": ["count"]}))
     with pytest.raises(ConfigError, match=r"data\.categories.*cannot apply to plain prompts"):
         config(tmp_path, prompts=["a red circle"], data={"world": None, "categories": ["counting"]})
+
+
+def test_training_reward_is_logged_per_prompt_category(tmp_path):
+    from vgrl.trainer import _category_means, _prompt_sampler
+    from vgrl.worlds.shapes import ObjectSpec, PromptMeta
+
+    # by hand: prompts (counting, colors, counting), 2 samples each
+    metas = [PromptMeta("counting", (ObjectSpec("circle", "red", 2),)),
+             PromptMeta("colors", (ObjectSpec("square", "blue"),)),
+             PromptMeta("counting", (ObjectSpec("cross", "green", 3),))]
+    scores = torch.tensor([1.0, 0.0, 0.5, 0.75, 0.0, 0.5])
+    got = _category_means(scores, metas, 2)
+    assert got == pytest.approx({"reward_by_category/counting": 0.375, "reward_by_category/colors": 0.625})
+    assert _category_means(scores, [None] * 3, 2) == {}
+
+    cfg = config(tmp_path, reward={"name": "shapes_checker"}, batch_size=16, group_size=2,
+                 train={"iterations": 2}, eval={"before": False, "every": None})
+    train(cfg, tmp_path / "run")
+    sampler = _prompt_sampler(cfg)  # the same seed: the run's draws, in order
+    for row in rows(tmp_path / "run", "train"):
+        cats = [m.category for m in sampler.draw(8).metas]
+        logged = {k.split("/", 1)[1]: v for k, v in row.items() if k.startswith("reward_by_category/")}
+        assert set(logged) == set(cats)
+        # each category's mean, weighted by its samples (2 per prompt), is the batch's mean reward
+        assert sum(logged[c] for c in cats) / len(cats) == pytest.approx(row["reward_mean"], abs=1e-6)
+    plain = config(tmp_path, prompts=["a red circle", "a blue square"], data={"world": None},
+                   train={"iterations": 1}, eval={"before": False, "every": None})
+    train(plain, tmp_path / "plain")
+    assert not any(k.startswith("reward_by_category/") for k in rows(tmp_path / "plain", "train")[0])
