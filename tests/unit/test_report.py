@@ -35,7 +35,9 @@ def run_dir(tmp_path) -> Path:
             skipped = it == 4
             tracker.log({"kind": "train", "iteration": it, "images": 8 * it, "wall_seconds": 10.0 * it,
                          "reward_mean": 0.1 * it, "reward_std": 0.2, "loss": float("nan") if skipped else 1.0 / it,
-                         "lr": 1e-4, "grad_norm": 2.0 / it, "skipped": skipped, "clipfrac": 0.05 * it})
+                         "lr": 1e-4, "grad_norm": 2.0 / it, "skipped": skipped, "clipfrac": 0.05 * it,
+                         # a category is logged only in the iterations that drew it
+                         **({"reward_by_category/colors": 0.1 * it} if it % 2 else {"reward_by_category/counting": 0.5})})
             if skipped:
                 tracker.log({"kind": "skip", "iteration": it, "reason": "all rewards equal", "prompt_ids": [3, 7]})
             if it % 3 == 0:
@@ -56,7 +58,9 @@ def test_report_of_a_finished_run(run_dir):
     for title in ("training reward (batch mean)", "held-out accuracy", "loss", "grad norm (before clipping)",
                   "clipfrac", "lr"):
         assert f'font-size="13">{title}</text>' in html, title
-    assert html.count("<svg") == 6  # reward, loss, grad norm, accuracy, clipfrac, lr
+    assert html.count("<svg") == 7  # reward, loss, grad norm, reward per category, accuracy, clipfrac, lr
+    assert 'font-size="13">training reward per prompt category (mean of its last 10 logged values)</text>' in html
+    assert "reward_by_category" not in html  # one plot with a series per category, not one plot per key
     assert ">overall<" in html and ">colors<" in html and ">counting<" in html  # accuracy series
     assert "12.5% -&gt; 50.0%" in html and "+37.5 points" in html
     assert "<td>10.0</td>" in html and "<td>1.5</td>" in html  # training and eval minutes
@@ -99,3 +103,10 @@ def test_report_does_not_import_torch():
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_running_mean_of_a_category_series():
+    from vgrl.evaluation.report import _running_mean
+
+    assert _running_mean([(8, 1.0), (24, 3.0), (40, 5.0)], 2) == [(8, 1.0), (24, 2.0), (40, 4.0)]
+    assert _running_mean([], 10) == []

@@ -80,6 +80,18 @@ def _plot(series: dict[str, list[tuple[float, float]]], what: str, **kw) -> str:
     return svg_line_plot(series, xlabel="images generated", **kw)
 
 
+_BY_CATEGORY = "reward_by_category/"
+_WINDOW = 10
+
+
+def _running_mean(points: list[tuple[float, float]], window: int) -> list[tuple[float, float]]:
+    """Each point's y replaced by the mean of the last ``window`` values up to it (a category is drawn in only
+    some iterations, so its raw per-iteration values are few and noisy)."""
+    ys = [y for _, y in points]
+    return [(x, sum(ys[max(0, i - window + 1):i + 1]) / len(ys[max(0, i - window + 1):i + 1]))
+            for i, (x, _) in enumerate(points)]
+
+
 def _percent(x) -> str:
     return f"{100 * x:.1f}%" if _number(x) else "n/a"
 
@@ -125,8 +137,14 @@ def _training_section(train: list[dict]) -> str:
              _plot({"grad norm": _points(updated, lambda r: r.get("grad_norm"))}, "grad norm",
                    title="grad norm (before clipping)", ylabel="norm", width=420, height=260),
              "</div>"]
+    by_category = [k for k in dict.fromkeys(k for r in train for k in r) if k.startswith(_BY_CATEGORY)]
+    if by_category:
+        parts.append(_plot({k[len(_BY_CATEGORY):]: _running_mean(_points(train, lambda r, k=k: r.get(k)), _WINDOW)
+                            for k in by_category}, "training reward per category",
+                           title=f"training reward per prompt category (mean of its last {_WINDOW} logged values)",
+                           ylabel="reward"))
     others = [k for k in dict.fromkeys(k for r in train for k in r) if k not in _TRAIN_MAIN and k != "kind"
-              and any(_number(r.get(k)) for r in train)]
+              and not k.startswith(_BY_CATEGORY) and any(_number(r.get(k)) for r in train)]
     if others:
         parts.append("<h3>Other training metrics</h3><div class='row'>")
         parts += [_plot({key: _points(updated, lambda r, key=key: r.get(key))}, key, title=key, width=360, height=220)
