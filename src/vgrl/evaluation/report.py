@@ -88,8 +88,11 @@ def _running_mean(points: list[tuple[float, float]], window: int) -> list[tuple[
     """Each point's y replaced by the mean of the last ``window`` values up to it (a category is drawn in only
     some iterations, so its raw per-iteration values are few and noisy)."""
     ys = [y for _, y in points]
-    return [(x, sum(ys[max(0, i - window + 1):i + 1]) / len(ys[max(0, i - window + 1):i + 1]))
-            for i, (x, _) in enumerate(points)]
+    out = []
+    for i, (x, _) in enumerate(points):
+        last = ys[max(0, i - window + 1):i + 1]
+        out.append((x, sum(last) / len(last)))
+    return out
 
 
 def _percent(x) -> str:
