@@ -140,14 +140,15 @@ def _training_section(train: list[dict]) -> str:
              _plot({"grad norm": _points(updated, lambda r: r.get("grad_norm"))}, "grad norm",
                    title="grad norm (before clipping)", ylabel="norm", width=420, height=260),
              "</div>"]
-    by_category = [k for k in dict.fromkeys(k for r in train for k in r) if k.startswith(_BY_CATEGORY)]
+    keys = list(dict.fromkeys(k for r in train for k in r))
+    by_category = [k for k in keys if k.startswith(_BY_CATEGORY)]
     if by_category:
         parts.append(_plot({k[len(_BY_CATEGORY):]: _running_mean(_points(train, lambda r, k=k: r.get(k)), _WINDOW)
                             for k in by_category}, "training reward per category",
                            title=f"training reward per prompt category (mean of its last {_WINDOW} logged values)",
                            ylabel="reward"))
-    others = [k for k in dict.fromkeys(k for r in train for k in r) if k not in _TRAIN_MAIN and k != "kind"
-              and not k.startswith(_BY_CATEGORY) and any(_number(r.get(k)) for r in train)]
+    others = [k for k in keys if k not in _TRAIN_MAIN and k != "kind" and k not in by_category
+              and any(_number(r.get(k)) for r in train)]
     if others:
         parts.append("<h3>Other training metrics</h3><div class='row'>")
         parts += [_plot({key: _points(updated, lambda r, key=key: r.get(key))}, key, title=key, width=360, height=220)
