@@ -152,6 +152,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a training checkpoint (or a run folder's newest) as a diffusers pipeline directory."""
+    from vgrl.checkpoint import CheckpointError
+    from vgrl.export import export_checkpoint
+
+    try:
+        path = export_checkpoint(args.checkpoint, args.out, weights=args.weights)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"saved {path}  (evaluate: vgrl eval --model {path})")
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Write RUN_DIR/report.html from the run's metrics, summary and grids; print its path."""
     from vgrl.evaluation.report import write_report
@@ -214,6 +228,20 @@ def _add_eval(sub) -> None:
                    help="Diffusion-NPO: a pipeline directory (an npo run's final/pipeline) used as the unconditional "
                         "branch of classifier-free guidance (needs guidance > 1); see docs/algorithms/npo.md")
     p.set_defaults(func=cmd_eval)
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a training checkpoint as a diffusers pipeline directory",
+                       description="Rebuild the run from its config.yaml, restore the checkpoint as --resume does and "
+                                   "save the model as the trainer saves final/pipeline (LoRA merged), e.g. to "
+                                   "evaluate an earlier iteration: vgrl export RUN/checkpoints/step-000200 --out DIR "
+                                   "&& vgrl eval --model DIR.")
+    p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint directory (RUN/checkpoints/step-N) or a run folder "
+                                                      "(its newest complete checkpoint)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output pipeline directory")
+    p.add_argument("--weights", choices=["ema", "raw"], default="ema",
+                   help="ema: the EMA weights, as final/pipeline (default); raw: the trained weights themselves")
+    p.set_defaults(func=cmd_export)
 
 
 def _add_report(sub) -> None:
@@ -279,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
     _add_pretrain(sub)
     _add_eval(sub)
+    _add_export(sub)
     _add_report(sub)
     _add_train_critic(sub)
     from vgrl import cli_rewards  # imports vgrl.cli back: load it once this module is complete

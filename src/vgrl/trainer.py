@@ -522,14 +522,15 @@ def _monitor(run: Run, res) -> dict[str, float]:
     return run.monitor.observe(res.images, ev.es.texts, ev.es.metas, gold, div_images, groups)
 
 
-def export(run: Run, out: Path, counters: Counters) -> Path:
-    """The trained model as a diffusers pipeline directory (EMA weights when enabled, LoRA merged)."""
+def export(run: Run, out: Path, counters: Counters, extra: dict | None = None) -> Path:
+    """The trained model as a diffusers pipeline directory (EMA weights when enabled, LoRA merged); ``extra``
+    goes into its ``vgrl.json`` beside the training counters."""
     from vgrl.backbones.base import read_meta
 
     meta = read_meta(run.cfg.backbone.path) if run.cfg.backbone.path else {}
     meta.update(run.backbone.meta())
     meta.update(trained_by="vgrl train", algorithm=run.cfg.algorithm.name, iterations=counters.iteration,
-                images=counters.images)
+                images=counters.images, **(extra or {}))
     if run.ema is not None:
         run.ema.store(run.params)
         run.ema.copy_to(run.params)
