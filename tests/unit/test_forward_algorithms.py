@@ -189,6 +189,31 @@ def test_nft_gradient_is_the_signed_flow_matching_gradient(tiny_backbones, trajs
     assert all(g.abs().max() == 0 for g in flat)
 
 
+def test_nft_guided_trains_the_rollouts_guided_velocity(tiny_backbones, trajs):
+    """guided: true -> every prediction at the rollout's guidance w: grad L = adv_clip grad mean (2p - 1)
+    D(v_u + w (v_c - v_u)); refused for an unguided rollout."""
+    from dataclasses import replace
+
+    bb, module = tiny_backbones["flow"], tiny_backbones["flow"].trainable()
+    traj = replace(trajs["flow"], cond=bb.encode(PROMPTS, guidance=True).repeat_interleave(G), guidance_scale=2.5)
+    p = torch.tensor([0.9, 0.2, 0.5, 0.7])
+    algo = algorithms.get("nft", old_policy="current", guided=True, adv_clip=2.0)
+    got = backward(algo.loss(bb, None, _nft_batch(traj, p), 0)[0], module)
+    nz = noised(bb, traj, 0, algo.options)
+
+    def signed(w):
+        pred = bb.predict(nz.x_t, nz.t, traj.cond, w)
+        return backward(2.0 * ((2 * p - 1) * adaptive_error(nz.x0_hat(pred), traj.x0).flatten(1).mean(1)).mean(),
+                        module)
+
+    want, conditional = signed(2.5), signed(1.0)
+    scale = max(w.abs().max().item() for w in want)
+    assert max((g - w).abs().max().item() for g, w in zip(got, want)) <= 1e-5 * scale
+    assert max((c - w).abs().max().item() for c, w in zip(conditional, want)) > 1e-2 * scale  # not the cond branch
+    with pytest.raises(ValueError, match="rollout was unguided"):
+        algo.loss(bb, None, _nft_batch(trajs["flow"], p), 0)
+
+
 def test_nft_rollout_policy_is_the_snapshot_and_reference_is_the_base(tiny_backbones, trajs):
     bb, traj = tiny_backbones["flow"], trajs["flow"]
     module = bb.trainable()

@@ -33,6 +33,12 @@ the map equals the score (background) nothing changes; pixels of a correct objec
 positive policy and pixels of a wrong one to the negative policy, even inside a sample whose total
 reward is average (HALO / PatchDPO-style credit routing, applied to NFT's implicit policies).
 
+Guided training (``guided: true``, a vgrl option, not the paper's): with guided rollouts
+(``sampling.guidance_scale = w > 1``) every prediction above, ``pred``, ``old`` and the reference's, is the
+guided velocity ``v_u + w (v_c - v_u)`` the rollout sampled with, so the loss trains the sampler that is
+evaluated at guidance ``w`` (gradient into both branches) instead of the CFG-free conditional branch; each
+prediction costs two forwards.
+
 The old policy (``old_policy``): ``rollout``, the weights that sampled this batch (the paper's
 ``theta_old``); ``current``, ``sg(theta)`` (identical to ``rollout`` until the first optimiser step of an
 iteration, after which the proximal pull towards the rollout weights is lost); or ``reference``, the
@@ -93,6 +99,10 @@ class NFTOptions(NoisingOptions):
                                                               "current weights; paper code 0.001)")
     old_decay_max: float = Field(0.5, ge=0, lt=1, description="cap of eta (paper code 0.5)")
     old_decay_flat: int = Field(0, ge=0, description="rollouts with eta = 0 before it starts to grow (paper code 0)")
+    guided: bool = Field(False, description="train the velocity the rollout sampled with: every prediction of the "
+                                            "loss (current, old, reference) at the rollout's guidance scale "
+                                            "v_u + w (v_c - v_u) instead of the conditional branch (two forwards "
+                                            "each; needs guided rollouts, sampling.guidance_scale > 1)")
 
     @model_validator(mode="after")
     def _decay_needs_rollout(self) -> NFTOptions:
@@ -218,6 +228,17 @@ class NFT(Algorithm):
         """``num_timesteps`` draws of ``(t, eps)`` per sample."""
         return list(range(self.options.num_timesteps))
 
+    def guidance(self, traj: Trajectory) -> float:
+        """The guidance scale of the loss's predictions: the rollout's (``guided``), else 1 (the conditional
+        branch, CFG-free)."""
+        if not self.options.guided:
+            return 1.0
+        if traj.guidance_scale <= 1.0:
+            raise ValueError("nft guided: true trains the guided velocity the rollout sampled with, but the rollout "
+                             f"was unguided (sampling.guidance_scale {traj.guidance_scale}); set "
+                             "sampling.guidance_scale > 1 or guided: false")
+        return traj.guidance_scale
+
     def eta(self, i: int) -> float:
         """Soft-update rate ``eta_i`` before rollout ``i`` (module docstring)."""
         o = self.options
@@ -292,8 +313,9 @@ class NFT(Algorithm):
             old = batch.precomputed["old"][:, step_idx]
         else:
             old = self._rollout_prediction(backbone, nz, traj) if o.old_policy == "rollout" else None
-        ref_pred = ref.predict(nz.x_t, nz.t, traj.cond, 1.0) if self.needs.reference else None
-        pred = backbone.predict(nz.x_t, nz.t, traj.cond, 1.0)
+        w = self.guidance(traj)
+        ref_pred = ref.predict(nz.x_t, nz.t, traj.cond, w) if self.needs.reference else None
+        pred = backbone.predict(nz.x_t, nz.t, traj.cond, w)
         if old is None:
             old = ref_pred if o.old_policy == "reference" else pred.detach()
         per, l_pos, l_neg = nft_terms(pred, old, nz, traj.x0, batch.weights, o.beta, o.weighting)
@@ -329,7 +351,7 @@ class NFT(Algorithm):
             raise ValueError("nft: the trained module changed since the rollout snapshot; call prepare() "
                              "on each new batch")
         with _swapped(params, saved), torch.no_grad():
-            return backbone.predict(nz.x_t, nz.t, traj.cond, 1.0)
+            return backbone.predict(nz.x_t, nz.t, traj.cond, self.guidance(traj))
 
 
 def _trained_params(backbone) -> list[Tensor]:
