@@ -131,8 +131,12 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     settings = PretrainSettings(family=args.family, world=args.world, steps=args.steps, batch_size=args.batch_size,
                                 lr=args.lr, seed=args.seed, vae=args.vae, vae_steps=args.vae_steps,
-                                threads=args.threads, flow_times=args.flow_times)
-    path = run(settings, args.out)
+                                threads=args.threads, flow_times=args.flow_times, init=args.init)
+    try:
+        path = run(settings, args.out)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     print(f"saved {path}")
     return EXIT_OK
 
@@ -203,6 +207,10 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--vae", default=None, metavar="DIR", help="reuse a trained AutoencoderKL instead of training one")
     p.add_argument("--vae-steps", type=int, default=600, help="autoencoder training steps (default: 600)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    p.add_argument("--init", default=None, metavar="DIR",
+                   help="continue training this pipeline (a vgrl pretrain output of the same family and world: its "
+                        "autoencoder, text encoders and denoiser) instead of starting from random weights; --steps "
+                        "more steps with a fresh warmup and cosine schedule")
     p.add_argument("--flow-times", choices=("shift", "logit_normal"), default="shift",
                    help="flow family: how training times are drawn (default: shift, as sampling spaces them)")
     p.set_defaults(func=cmd_pretrain)

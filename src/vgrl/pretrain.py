@@ -47,6 +47,7 @@ class PretrainSettings:
     vae_steps: int = 600
     drop_caption: float = 0.1
     flow_times: str = "shift"     # flow only: "shift" (uniform through the sampling shift) | "logit_normal"
+    init: str | None = None       # a pipeline directory of this family and world to continue training from
     threads: int = 2
     log_every: int = 50
 
@@ -116,6 +117,36 @@ def train_vae(stream: Stream, s: PretrainSettings, log) -> AutoencoderKL:
         z = torch.cat([vae.encode(stream.batch(64)[1]).latent_dist.mean for _ in range(4)])
     vae.register_to_config(shift_factor=float(z.mean()), scaling_factor=float(1.0 / z.std()))
     return vae
+
+
+def load_components(s: PretrainSettings, tokenizer):
+    """The autoencoder, text encoder(s) and denoiser of the pipeline ``s.init`` (float32), checked against ``s``:
+    same family, world and resolution, and the same word vocabulary as the tokenizer built for this world."""
+    from transformers import CLIPTokenizer
+
+    init = Path(s.init)
+    if s.vae:
+        raise ValueError(f"--vae {s.vae} with --init {init}: a continued run keeps the autoencoder of --init")
+    try:
+        meta = json.loads((init / META_FILE).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--init {init}: not a vgrl pretrained pipeline ({init / META_FILE}: {e})") from None
+    for key, want in (("family", s.family), ("world", s.world), ("resolution", s.resolution)):
+        if meta.get(key) != want:
+            raise ValueError(f"--init {init}: its {key} is {meta.get(key)!r} ({init / META_FILE}), this run's "
+                             f"{want!r}; continue a pipeline of the same {key}")
+    if CLIPTokenizer.from_pretrained(init / "tokenizer").get_vocab() != tokenizer.get_vocab():
+        raise ValueError(f"--init {init}: its tokenizer's vocabulary ({init / 'tokenizer'}) differs from the "
+                         f"{s.world} world's; was it trained on another version of the world?")
+    vae = AutoencoderKL.from_pretrained(init / "vae").float()
+    if s.family == "sd":
+        texts = [CLIPTextModel.from_pretrained(init / "text_encoder").float()]
+        denoiser = UNet2DConditionModel.from_pretrained(init / "unet").float()
+    else:
+        texts = [CLIPTextModelWithProjection.from_pretrained(init / name).float()
+                 for name in ("text_encoder", "text_encoder_2")]
+        denoiser = SD3Transformer2DModel.from_pretrained(init / "transformer").float()
+    return vae, texts, denoiser
 
 
 def build_denoiser(family: str, tokenizer, resolution: int, seed: int):
@@ -218,11 +249,14 @@ def run(s: PretrainSettings, out_dir: str | Path, progress: bool = True) -> Path
 
     world = _world(s.world, s.resolution)
     stream = Stream(world, s.seed)
-    vae = AutoencoderKL.from_pretrained(s.vae) if s.vae else train_vae(stream, s, log)
-    vae.requires_grad_(False).eval()
     words = sorted({w for split in world.splits for p in world.prompts(split) for w in p.text.split()})
     tokenizer = _tiny.word_tokenizer(words, max_length=24)
-    texts, denoiser = build_denoiser(s.family, tokenizer, s.resolution, s.seed + 1)
+    if s.init:
+        vae, texts, denoiser = load_components(s, tokenizer)
+    else:
+        vae = AutoencoderKL.from_pretrained(s.vae) if s.vae else train_vae(stream, s, log)
+        texts, denoiser = build_denoiser(s.family, tokenizer, s.resolution, s.seed + 1)
+    vae.requires_grad_(False).eval()
     pipe = assemble(s.family, vae, tokenizer, texts, denoiser)
     params = [p for m in (*texts, denoiser) for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.01)
@@ -249,6 +283,8 @@ def run(s: PretrainSettings, out_dir: str | Path, progress: bool = True) -> Path
     meta = {"family": s.family, "world": s.world, "resolution": s.resolution,
             "max_sequence_length": 1, "settings": asdict(s),
             "train_seconds": round(time.perf_counter() - start, 1)}
+    if s.init:  # provenance: the run this one continued
+        meta["init_meta"] = json.loads((Path(s.init) / META_FILE).read_text())
     (out / "pipeline" / META_FILE).write_text(json.dumps(meta, indent=2))
     metrics.close()
     return out / "pipeline"

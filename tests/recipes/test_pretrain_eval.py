@@ -65,3 +65,35 @@ def test_eval_is_deterministic_and_per_category(pretrained, tmp_path):
 def test_load_rejects_a_folder_that_is_not_a_pipeline(tmp_path):
     with pytest.raises(FileNotFoundError, match="model_index.json"):
         backbones.load(str(tmp_path))
+
+
+def _denoiser_weights(path, family):
+    from safetensors.torch import load_file
+
+    files = sorted((path / ("unet" if family == "sd" else "transformer")).glob("*.safetensors"))
+    return {k: v for f in files for k, v in load_file(str(f)).items()}
+
+
+def test_pretrain_init_continues_the_given_pipeline(pretrained, tmp_path):
+    family, path = pretrained
+    same = run(PretrainSettings(family=family, steps=0, threads=2, init=str(path)), tmp_path / "zero", progress=False)
+    base, kept = _denoiser_weights(path, family), _denoiser_weights(same, family)
+    assert set(base) == set(kept) and all(torch.equal(base[k], kept[k]) for k in base)  # 0 steps: the same model
+    meta = json.loads((same / "vgrl.json").read_text())
+    assert meta["init_meta"]["settings"]["steps"] == 3 and meta["settings"]["init"] == str(path)
+    more = run(PretrainSettings(family=family, steps=2, batch_size=4, threads=2, init=str(path)), tmp_path / "two",
+               progress=False)
+    moved = _denoiser_weights(more, family)
+    assert any(not torch.equal(base[k], moved[k]) for k in base)
+
+
+def test_pretrain_init_refuses_another_family_or_a_second_vae(pretrained, tmp_path):
+    family, path = pretrained
+    other = "flow" if family == "sd" else "sd"
+    with pytest.raises(ValueError, match=f"its family is '{family}'"):
+        run(PretrainSettings(family=other, steps=1, init=str(path)), tmp_path / "a", progress=False)
+    with pytest.raises(ValueError, match="keeps the autoencoder"):
+        run(PretrainSettings(family=family, steps=1, init=str(path), vae=str(path / "vae")), tmp_path / "b",
+            progress=False)
+    with pytest.raises(ValueError, match="not a vgrl pretrained pipeline"):
+        run(PretrainSettings(family=family, steps=1, init=str(tmp_path)), tmp_path / "c", progress=False)
