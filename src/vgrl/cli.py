@@ -142,7 +142,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Per-category checker accuracy of a pipeline directory on a world's prompt split."""
+    """Per-category checker accuracy of a pipeline directory (or a training checkpoint) on a world's prompt split."""
+    from vgrl.checkpoint import CheckpointError
     from vgrl.device import DeviceError
     from vgrl.evaluation.world_eval import run
 
@@ -152,6 +153,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             negative_model=args.negative_model, device=args.device)
     except DeviceError as e:
         print(f"error: {str(e).replace('backbone.device', '--device')}", file=sys.stderr)
+        return EXIT_CONFIG
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     return EXIT_OK
 
@@ -221,7 +225,9 @@ def _add_eval(sub) -> None:
                        description="Sample fixed prompts with fixed seeds (deterministic sampler unless --kernel "
                                    "says otherwise), score them with the world's checker, print a per-category "
                                    "table and write OUT/eval.json and OUT/grid.png.")
-    p.add_argument("--model", required=True, metavar="PATH", help="diffusers pipeline directory")
+    p.add_argument("--model", required=True, metavar="PATH",
+                   help="diffusers pipeline directory, or a training checkpoint RUN/checkpoints/step-N (its EMA "
+                        "weights, as vgrl export writes them)")
     p.add_argument("--world", default="shapes", help="built-in world (default: shapes)")
     p.add_argument("--split", default="heldout", help="prompt split: heldout | train | paraphrase (default: heldout)")
     p.add_argument("--samples-per-category", type=int, default=128, help="samples per category (default: 128)")

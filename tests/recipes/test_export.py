@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -65,3 +67,14 @@ def test_ema_of_a_run_without_ema_is_refused(tmp_path):
         export_checkpoint(tmp_path / "run", tmp_path / "out")
     assert not (tmp_path / "out").exists()
     export_checkpoint(tmp_path / "run", tmp_path / "out", weights="raw")
+
+
+def test_eval_of_a_checkpoint_is_the_eval_of_its_export(run_dir, tmp_path):
+    from vgrl.evaluation import world_eval
+
+    ckpt = str(run_dir / "checkpoints" / "step-000002")
+    kw = dict(world_name="shapes", split="heldout", per_category=2, num_steps=3, guidance_scale=1.0)
+    direct = world_eval.run(ckpt, out_dir=str(tmp_path / "a"), **kw)
+    exported = world_eval.run(str(export_checkpoint(ckpt, tmp_path / "p")), out_dir=str(tmp_path / "b"), **kw)
+    assert direct.as_dict() == exported.as_dict()
+    assert json.loads((tmp_path / "a" / "eval.json").read_text())["model"] == ckpt

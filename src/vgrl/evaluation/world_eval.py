@@ -9,7 +9,11 @@ accuracy is the mean over categories, as GenEval reports it.
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from rich.progress import Progress
@@ -160,11 +164,27 @@ class WorldEvaluator:
                         keep_images=self.keep_images if keep_images is None else keep_images, progress=progress)
 
 
+@contextlib.contextmanager
+def _pipeline_dir(model: str) -> Iterator[str]:
+    """``model`` itself, or a training checkpoint (``RUN/checkpoints/step-N``) exported to a temporary pipeline
+    directory with its EMA weights (:func:`vgrl.export.export_checkpoint`), removed once loaded."""
+    from vgrl import checkpoint
+
+    if not checkpoint.is_valid(model):
+        yield model
+        return
+    from vgrl.export import export_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="vgrl-eval-") as tmp:
+        yield str(export_checkpoint(model, Path(tmp) / "pipeline"))
+
+
 def run(model: str, world_name: str = "shapes", split: str = "heldout", *, per_category: int = 128,
         num_steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
         out_dir: str = "runs/eval", kernel: str = "ode", negative_model: str | None = None,
         device: str = "auto") -> EvalResult:
-    """``vgrl eval``: load a pipeline directory, score it, print the table, write eval.json and a grid.
+    """``vgrl eval``: load a pipeline directory (or a training checkpoint, exported on the fly with its EMA weights),
+    score it, print the table, write eval.json and a grid.
 
     Sampling settings default to the ones a vgrl-trained model records in its ``vgrl.json``
     (``eval_steps``, ``eval_guidance``), else 10 steps and guidance 1. ``negative_model``: a pipeline
@@ -172,7 +192,6 @@ def run(model: str, world_name: str = "shapes", split: str = "heldout", *, per_c
     :class:`vgrl.algorithms.npo.NegativeGuidance`). ``device``: auto | cpu | cuda | cuda:N, as ``backbone.device``.
     """
     import json
-    from pathlib import Path
 
     from rich.console import Console
     from rich.table import Table
@@ -182,11 +201,12 @@ def run(model: str, world_name: str = "shapes", split: str = "heldout", *, per_c
     from vgrl.device import resolve_device
     from vgrl.tracking import save_grid
 
-    meta = read_meta(model)
+    where = resolve_device(device)
+    with _pipeline_dir(model) as path:
+        meta = read_meta(path)
+        backbone = backbones.load(path).to(where)
     num_steps = num_steps or meta.get("eval_steps", 10)
     guidance_scale = guidance_scale or meta.get("eval_guidance", 1.0)
-    where = resolve_device(device)
-    backbone = backbones.load(model).to(where)
     if negative_model is not None:
         from vgrl.algorithms.npo import NegativeGuidance
 
