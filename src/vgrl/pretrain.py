@@ -283,8 +283,12 @@ def run(s: PretrainSettings, out_dir: str | Path, progress: bool = True) -> Path
     meta = {"family": s.family, "world": s.world, "resolution": s.resolution,
             "max_sequence_length": 1, "settings": asdict(s),
             "train_seconds": round(time.perf_counter() - start, 1)}
-    if s.init:  # provenance: the run this one continued
+    if s.init:  # provenance: the run this one continued; its sampling settings for evaluation carry over
         meta["init_meta"] = json.loads((Path(s.init) / META_FILE).read_text())
+        carried = {k: meta["init_meta"][k] for k in ("eval_steps", "eval_guidance") if k in meta["init_meta"]}
+        if carried:
+            why = meta["init_meta"].get("eval_settings_chosen_by", "set there")
+            meta.update(carried, eval_settings_chosen_by=f"carried over from --init {s.init} ({why})")
     (out / "pipeline" / META_FILE).write_text(json.dumps(meta, indent=2))
     metrics.close()
     return out / "pipeline"

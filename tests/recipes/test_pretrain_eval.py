@@ -81,6 +81,17 @@ def test_pretrain_init_continues_the_given_pipeline(pretrained, tmp_path):
     assert set(base) == set(kept) and all(torch.equal(base[k], kept[k]) for k in base)  # 0 steps: the same model
     meta = json.loads((same / "vgrl.json").read_text())
     assert meta["init_meta"]["settings"]["steps"] == 3 and meta["settings"]["init"] == str(path)
+    assert "eval_guidance" not in meta
+    # the evaluation's sampling settings of the continued model carry over (the trainer evaluates with them)
+    import shutil
+
+    tuned = shutil.copytree(path, tmp_path / "tuned")
+    info = json.loads((tuned / "vgrl.json").read_text())
+    (tuned / "vgrl.json").write_text(json.dumps({**info, "eval_steps": 7, "eval_guidance": 2.5}))
+    carried = json.loads((run(PretrainSettings(family=family, steps=0, threads=2, init=str(tuned)), tmp_path / "c",
+                              progress=False) / "vgrl.json").read_text())
+    assert (carried["eval_steps"], carried["eval_guidance"]) == (7, 2.5)
+    assert carried["eval_settings_chosen_by"].startswith(f"carried over from --init {tuned}")
     more = run(PretrainSettings(family=family, steps=2, batch_size=4, threads=2, init=str(path)), tmp_path / "two",
                progress=False)
     moved = _denoiser_weights(more, family)
