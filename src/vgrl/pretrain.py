@@ -120,8 +120,9 @@ def train_vae(stream: Stream, s: PretrainSettings, log) -> AutoencoderKL:
 
 
 def load_components(s: PretrainSettings, tokenizer):
-    """The autoencoder, text encoder(s) and denoiser of the pipeline ``s.init`` (float32), checked against ``s``:
-    same family, world and resolution, and the same word vocabulary as the tokenizer built for this world."""
+    """The autoencoder, text encoder(s) and denoiser of the pipeline ``s.init`` (float32) and its ``vgrl.json``,
+    checked against ``s``: same family, world and resolution, and the same word vocabulary as the tokenizer built
+    for this world."""
     from transformers import CLIPTokenizer
 
     init = Path(s.init)
@@ -146,7 +147,7 @@ def load_components(s: PretrainSettings, tokenizer):
         texts = [CLIPTextModelWithProjection.from_pretrained(init / name).float()
                  for name in ("text_encoder", "text_encoder_2")]
         denoiser = SD3Transformer2DModel.from_pretrained(init / "transformer").float()
-    return vae, texts, denoiser
+    return vae, texts, denoiser, meta
 
 
 def build_denoiser(family: str, tokenizer, resolution: int, seed: int):
@@ -251,8 +252,9 @@ def run(s: PretrainSettings, out_dir: str | Path, progress: bool = True) -> Path
     stream = Stream(world, s.seed)
     words = sorted({w for split in world.splits for p in world.prompts(split) for w in p.text.split()})
     tokenizer = _tiny.word_tokenizer(words, max_length=24)
+    init_meta = None
     if s.init:
-        vae, texts, denoiser = load_components(s, tokenizer)
+        vae, texts, denoiser, init_meta = load_components(s, tokenizer)
     else:
         vae = AutoencoderKL.from_pretrained(s.vae) if s.vae else train_vae(stream, s, log)
         texts, denoiser = build_denoiser(s.family, tokenizer, s.resolution, s.seed + 1)
@@ -283,11 +285,11 @@ def run(s: PretrainSettings, out_dir: str | Path, progress: bool = True) -> Path
     meta = {"family": s.family, "world": s.world, "resolution": s.resolution,
             "max_sequence_length": 1, "settings": asdict(s),
             "train_seconds": round(time.perf_counter() - start, 1)}
-    if s.init:  # provenance: the run this one continued; its sampling settings for evaluation carry over
-        meta["init_meta"] = json.loads((Path(s.init) / META_FILE).read_text())
-        carried = {k: meta["init_meta"][k] for k in ("eval_steps", "eval_guidance") if k in meta["init_meta"]}
+    if init_meta is not None:  # provenance: the run this one continued; its evaluation sampling settings carry over
+        meta["init_meta"] = init_meta
+        carried = {k: init_meta[k] for k in ("eval_steps", "eval_guidance") if k in init_meta}
         if carried:
-            why = meta["init_meta"].get("eval_settings_chosen_by", "set there")
+            why = init_meta.get("eval_settings_chosen_by", "set there")
             meta.update(carried, eval_settings_chosen_by=f"carried over from --init {s.init} ({why})")
     (out / "pipeline" / META_FILE).write_text(json.dumps(meta, indent=2))
     metrics.close()
