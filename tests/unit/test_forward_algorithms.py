@@ -130,6 +130,23 @@ def test_nft_dense_optimality_by_hand():
         dense_optimality(adv, scores, dense[:, 0], 1.0, 5.0, 0.0)
 
 
+def test_nft_dense_group_centering_by_hand():
+    # group 0 = samples 0, 1; group 1 = sample 2. scores (1, 0, 0.5): std sqrt(1/6); A = 0 for simplicity
+    adv, scores = torch.zeros(3), torch.tensor([1.0, 0.0, 0.5])
+    dense = torch.tensor([[[0.0, 1.0, 0.5]],    # evidence dev -1 at x0; x1, x2: dev 0 / -0.5
+                          [[0.0, 0.5, 0.0]],    # evidence dev +0.5 at x1
+                          [[0.5, 0.5, 0.5]]])   # no evidence: unchanged
+    sigma = scores.std(unbiased=False).item()
+    got = dense_optimality(adv, scores, dense, 1.0, 5.0, 0.0, torch.tensor([0, 0, 1]))
+    # group 0 evidence devs (-1, -0.5, +0.5), mean -1/3 -> (-2/3, -1/6, +5/6); sample 0's x1 (dev 0) is background
+    want = torch.tensor([[[-2 / 3, 0.0, -1 / 6]], [[0.0, 5 / 6, 0.0]], [[0.0, 0.0, 0.0]]]) / sigma
+    assert got.flatten().tolist() == pytest.approx((0.5 + 0.5 * want / 5.0).flatten().tolist(), abs=1e-6)
+    evidence = (dense - scores.view(-1, 1, 1)).abs() > 0
+    assert ((got - 0.5)[:2][evidence[:2]]).sum().item() == pytest.approx(0.0, abs=1e-6)  # no net push per group
+    plain = dense_optimality(adv, scores, dense, 1.0, 5.0, 0.0)
+    assert torch.equal(got[2], plain[2]) and (plain[:2][evidence[:2]] - 0.5).sum() < 0  # the bias it removes
+
+
 def test_nft_dense_map_equal_to_the_score_changes_nothing(tiny_backbones, trajs):
     """A map that is the sample's own score everywhere carries no local credit: same loss as scalar p."""
     bb, traj = tiny_backbones["flow"], trajs["flow"]
@@ -155,6 +172,10 @@ def test_nft_dense_map_equal_to_the_score_changes_nothing(tiny_backbones, trajs)
     assert torch.equal(b2.weights[0, 8:], b1.weights[0, 8:])
     g2 = backward(dense.loss(bb, None, b2, 0)[0], module)
     assert max((a - b).abs().max().item() for a, b in zip(g1, g2)) > 1e-4 * max(a.abs().max().item() for a in g1)
+    # dense_center: group -- the spot is its group's only evidence, so centring removes it entirely
+    centred = algorithms.get("nft", global_std=False, dense_credit=2.0, dense_center="group")
+    got = centred.prepare(traj, RewardOutput(scores=scores, dense=spot), GROUPS).weights
+    assert torch.allclose(got, b1.weights, rtol=0, atol=1e-6) and not torch.allclose(b2.weights, b1.weights, atol=1e-2)
     with pytest.raises(ValueError, match="dense map"):
         dense.prepare(traj, RewardOutput(scores=scores), GROUPS)
 

@@ -32,6 +32,10 @@ becomes ``mean_dims [p(x) e+(x) + (1 - p(x)) e-(x)]`` with the per-element error
 the map equals the score (background) nothing changes; pixels of a correct object lean to the
 positive policy and pixels of a wrong one to the negative policy, even inside a sample whose total
 reward is average (HALO / PatchDPO-style credit routing, applied to NFT's implicit policies).
+With ``dense_center: group`` the deviations ``r_i(x) - r_i`` on evidence pixels (where the map differs from the
+score) are shifted, per prompt group, by their mean over the group's evidence pixels, so that the map ranks the
+group's objects against each other without a net push on the places where objects are drawn (on the shapes
+base model the uncentred map's evidence is mostly below the score: docs/dense_credit.md).
 
 Guided training (``guided: true``, a vgrl option, not the paper's): with guided rollouts
 (``sampling.guidance_scale = w > 1``) every prediction above, ``pred``, ``old`` and the reference's, is the
@@ -94,6 +98,9 @@ class NFTOptions(NoisingOptions):
     kl: float = Field(0.0, ge=0, description="weight of ||v_theta - v_ref||^2 to the base model (paper code: 1e-4)")
     dense_credit: float = Field(0.0, ge=0, description="lambda of the per-pixel advantage from the reward's dense "
                                                       "map (0 = off; needs a reward that returns `dense`)")
+    dense_center: Literal["none", "group"] = Field(
+        "none", description="group: shift each prompt group's evidence deviations (map != score) to mean 0, so the "
+                            "map ranks the group's objects without a net push on where objects are drawn")
     old_decay_rate: float = Field(0.0, ge=0, le=1, description="growth per rollout of the soft-update rate eta of the "
                                                               "lagging sampling policy theta_old (0 = sample with the "
                                                               "current weights; paper code 0.001)")
@@ -112,6 +119,9 @@ class NFTOptions(NoisingOptions):
         return self
 
 
+EVIDENCE_TOL = 1e-6  # |r_i(x) - r_i| above this: a pixel with local evidence (the map's background is the score)
+
+
 def optimality(adv: Tensor, adv_clip: float) -> Tensor:
     """``(B,)`` optimality probabilities ``0.5 + 0.5 clip(adv / adv_clip, -1, 1)``."""
     return 0.5 + 0.5 * (adv / adv_clip).clamp(-1.0, 1.0)
@@ -127,12 +137,24 @@ def adaptive_error(x0_hat: Tensor, x0: Tensor) -> Tensor:
 
 
 def dense_optimality(adv: Tensor, scores: Tensor, dense: Tensor, lam: float, adv_clip: float,
-                     eps: float) -> Tensor:
-    """``(B, H, W)`` optimality map ``optimality(A_i + lam (r_i(x) - r_i) / (std(r) + eps))``."""
+                     eps: float, group_ids: Tensor | None = None) -> Tensor:
+    """``(B, H, W)`` optimality map ``optimality(A_i + lam (r_i(x) - r_i) / (std(r) + eps))``.
+
+    With ``group_ids`` (``dense_center: group``) the deviations on evidence pixels (``|r_i(x) - r_i| >
+    EVIDENCE_TOL``) are shifted, per prompt group, by their mean over the group's evidence pixels: the map
+    then only ranks a group's objects against each other; the background is unchanged."""
     if dense.ndim != 3 or dense.shape[0] != adv.shape[0]:
         raise ValueError(f"nft dense_credit needs a (B, H, W) per-pixel reward map, got {tuple(dense.shape)}")
     sigma = scores.to(torch.float32).std(unbiased=False)
-    dev = (dense.to(torch.float32) - scores.to(torch.float32).view(-1, 1, 1)) / (sigma + eps)
+    raw = dense.to(torch.float32) - scores.to(torch.float32).view(-1, 1, 1)
+    dev = raw / (sigma + eps)
+    if group_ids is not None:
+        evidence = (raw.abs() > EVIDENCE_TOL).to(torch.float32)
+        n = int(group_ids.max()) + 1
+        total = torch.zeros(n).index_add_(0, group_ids, (dev * evidence).flatten(1).sum(dim=1))
+        count = torch.zeros(n).index_add_(0, group_ids, evidence.flatten(1).sum(dim=1))
+        mean = total / count.clamp(min=1)
+        dev = dev - evidence * mean[group_ids].view(-1, 1, 1)
     return optimality(adv.view(-1, 1, 1) + lam * dev, adv_clip)
 
 
@@ -218,7 +240,8 @@ class NFT(Algorithm):
             if reward.dense is None:
                 raise ValueError("nft dense_credit > 0 needs a reward that returns a dense map (e.g. "
                                  "reward: {name: shapes_checker, dense: true}); this reward returned none")
-            dense_p = dense_optimality(adv, reward.scores, reward.dense, o.dense_credit, o.adv_clip, o.eps)
+            dense_p = dense_optimality(adv, reward.scores, reward.dense, o.dense_credit, o.adv_clip, o.eps,
+                                       group_ids if o.dense_center == "group" else None)
             self._stats["dense_p_spread"] = (dense_p - p.view(-1, 1, 1)).abs().mean().item()
             p = dense_p
         return Batch(traj=traj, rewards=reward.scores, adv=adv, group_ids=group_ids, prompts=prompts,
