@@ -29,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from vgrl import trainer
-    from vgrl.algorithms.nft import optimality
+    from vgrl.algorithms.nft import EVIDENCE_TOL, optimality
     from vgrl.config import load_config
     from vgrl.rollout import make_seeds, rollout
 
@@ -55,15 +55,15 @@ def main() -> None:
         batch = run.algorithm.prepare(traj, reward, torch.arange(len(draw.texts)).repeat_interleave(g),
                                       prompts, metadata)
         dev = reward.dense - reward.scores.view(-1, 1, 1)
-        evidence = dev.abs() > 1e-6
+        evidence = dev.abs() > EVIDENCE_TOL
         dense = 2 * batch.weights - 1
         scalar = (2 * optimality(batch.adv, run.algorithm.options.adv_clip) - 1).view(-1, 1, 1).expand_as(dense)
         for where, mask in (("evidence", evidence), ("background", ~evidence)):
             sums[f"{where}_dense"] += dense[mask].sum().item()
             sums[f"{where}_scalar"] += scalar[mask].sum().item()
             counts[where] += int(mask.sum())
-        counts["below"] += int((dev < -1e-6).sum())
-        counts["above"] += int((dev > 1e-6).sum())
+        counts["below"] += int((dev < -EVIDENCE_TOL).sum())
+        counts["above"] += int((dev > EVIDENCE_TOL).sum())
 
     total = counts["evidence"] + counts["background"]
     print(f"{args.rollouts} rollouts x {cfg.batch_size} images of {cfg.backbone.path}, lambda "
