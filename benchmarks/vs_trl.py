@@ -28,6 +28,10 @@ the last one is also exported merged to ``OUT/trl/final/pipeline`` (``vgrl eval 
         [--eval-every 10] [--per-category 64] [--threads 1] [--out runs/vs_trl]     # about 25 minutes
     python benchmarks/vs_trl.py --smoke --out runs/vs_trl_smoke      # about 2 minutes: the plumbing only
 
+Runs can also be made side by side, one per core: invocations with disjoint ``--only`` lists and different
+``--out``, merged afterwards by ``--combine OUT1 OUT2 --out OUT`` (which trains nothing and refuses runs whose
+training settings differ; the evaluation interval and thread count may differ, and the table says each run's).
+
 Results: ``OUT/table.md`` (what is printed), ``OUT/results.json``; the runs under ``OUT/{trl,ddpo,nft}``.
 """
 
@@ -63,7 +67,12 @@ def _args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", nargs="+", choices=("trl", "ddpo", "nft"), default=("trl", "ddpo", "nft"))
     p.add_argument("--smoke", action="store_true", help="tiny settings: " + ", ".join(f"{k}={v}" for k, v in SMOKE.items()))
+    p.add_argument("--combine", type=Path, nargs="+", metavar="DIR",
+                   help="train nothing: merge the results.json of earlier invocations with disjoint --only lists "
+                        "(run side by side) into one table in --out")
     a = p.parse_args()
+    if a.combine:
+        return a
     if a.smoke:
         for k, v in SMOKE.items():
             setattr(a, k, v)
@@ -216,10 +225,17 @@ def _num(x: float | None) -> str:
     return "—" if x is None else f"{x:.3f}"
 
 
+def _each(value, key: str):
+    """A setting of run ``key``: one value for every run, or (merged by ``--combine``) one per run."""
+    return value[key] if isinstance(value, dict) else value
+
+
 def table(a, res: dict) -> str:
     names = {"trl": "TRL DDPOTrainer (ddpo)", "ddpo": "vgrl ddpo", "nft": "vgrl nft"}
+    per_run = ", ".join(f"{names[k]}: {_each(a.threads, k)} thread(s), an evaluation every "
+                        f"{_each(a.eval_every, k)} iterations" for k in ("trl", "ddpo", "nft") if k in res)
     lines = [f"settings: {a.iterations} iterations x {a.batch_size} images, {a.num_steps} steps, guidance "
-             f"{a.guidance}, minibatch {a.minibatch_size}, lr {a.lr}, {a.threads} thread(s); held-out eval "
+             f"{a.guidance}, minibatch {a.minibatch_size}, lr {a.lr}; {per_run}; held-out eval "
              f"{a.per_category} per category x 5 ({'SMOKE settings' if a.smoke else 'full'})", "",
              "| run | images | training s | rollout+reward s | update s | images/s | images/CPU-s | held-out "
              "accuracy before -> end | strict accuracy before -> end | partial score before -> end |",
@@ -257,9 +273,40 @@ def table(a, res: dict) -> str:
         else:
             verdict = (f"vgrl nft reached TRL's final accuracy {final:.3f} at {at} images; TRL at {trl_at}: "
                        f"{trl_at / at:.1f}x fewer images (goal >= 10x; resolution: one evaluation every "
-                       f"{a.eval_every * a.batch_size} images)")
+                       f"{_each(a.eval_every, 'nft') * a.batch_size} images for nft, "
+                       f"{_each(a.eval_every, 'trl') * a.batch_size} for TRL)")
         lines += [f"Sample efficiency: {verdict}"]
     return "\n".join(lines)
+
+
+# Settings two invocations must share for their runs to be compared in one table (evaluation interval and
+# threads may differ: they change when accuracy is measured and how fast, not what is trained).
+SHARED = ("model", "iterations", "batch_size", "minibatch_size", "num_steps", "guidance", "lr", "per_category",
+          "seed", "smoke")
+
+
+def combine(dirs: list[Path]) -> tuple[argparse.Namespace, dict]:
+    """The settings and runs of several finished invocations, checked to be comparable: one table's input."""
+    settings, res = None, {}
+    for d in dirs:
+        path = d / "results.json"
+        if not path.is_file():
+            raise SystemExit(f"--combine: {path} does not exist (is that invocation finished?)")
+        record = json.loads(path.read_text())
+        s = record["settings"]
+        if settings is None:
+            settings = dict(s, eval_every={}, threads={})
+        differ = [k for k in SHARED if s.get(k) != settings.get(k)]
+        if differ:
+            raise SystemExit(f"--combine: {path} differs from {dirs[0] / 'results.json'} in "
+                             + ", ".join(f"{k} ({s.get(k)!r} vs {settings.get(k)!r})" for k in differ))
+        for key in ("trl", "ddpo", "nft"):
+            if key in record:
+                if key in res:
+                    raise SystemExit(f"--combine: run {key!r} is in more than one of {[str(x) for x in dirs]}")
+                res[key] = record[key]
+                settings["eval_every"][key], settings["threads"][key] = s["eval_every"], s["threads"]
+    return argparse.Namespace(**settings), res
 
 
 def main() -> None:
@@ -267,6 +314,15 @@ def main() -> None:
     os.chdir(ROOT)
     if a.out.exists() and any(a.out.iterdir()):
         raise SystemExit(f"{a.out} is not empty; choose another --out (nothing was overwritten)")
+    if a.combine:
+        settings, res = combine(a.combine)
+        text = table(settings, res)
+        print(text)
+        a.out.mkdir(parents=True)
+        (a.out / "table.md").write_text(text + "\n")
+        (a.out / "results.json").write_text(json.dumps({"combined": [str(d) for d in a.combine],
+                                                        "settings": vars(settings), **res}, indent=2, default=str))
+        return
     import torch
 
     from vgrl.backbones.base import read_meta
