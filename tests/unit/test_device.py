@@ -239,7 +239,7 @@ def test_rollout_and_eval_precision_apart_from_training(tmp_path, eval_mode, eva
     assert (run.precision.mode, run.sampling_precision.mode) == ("no", "bf16") and run.sampling_precision.scaler is None
     phase = {"now": "rollout"}
     seen = _prediction_dtypes(run, lambda: phase["now"])
-    row, _ = iterate(run, Counters())
+    row, images = iterate(run, Counters())
     phase["now"] = "eval"
     evaluate(run, Counters(), _Log(), None)
     dtypes = {p: {d for q, d in seen if q == p} for p in ("rollout", "eval")}
@@ -247,9 +247,11 @@ def test_rollout_and_eval_precision_apart_from_training(tmp_path, eval_mode, eva
     assert [d for _, d in seen[:4]] == [torch.bfloat16] * 4  # the 4 sampling steps
     assert dtypes["eval"] == {eval_dtype}
     assert math.isfinite(row["loss"]) and row["grad_norm"] > 0
-    # the same run in fp32 throughout samples other images (the rewards differ)
-    plain, _ = iterate(build(config(tmp_path, sampling=ode, **common)), Counters())
-    assert plain["reward_mean"] != row["reward_mean"]
+    # the same run in fp32 throughout samples other pixels from the same noise: close, not equal (the rewards,
+    # discrete counts of detected objects, may coincide on the tiny model's samples)
+    _, plain = iterate(build(config(tmp_path, sampling=ode, **common)), Counters())
+    difference = (plain - images).abs()
+    assert difference.max() > 0 and difference.mean() < 0.1 * plain.abs().mean()
 
 
 def test_ratio_algorithms_refuse_a_rollout_precision_of_their_own(tmp_path):
