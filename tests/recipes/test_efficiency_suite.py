@@ -4,12 +4,12 @@ for an hour a row; a row that cannot start must fail here, not after the previou
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from tests.benchmark_scripts import load_benchmark
 from vgrl.config import load_config
 from vgrl.trainer import train
 
@@ -20,14 +20,7 @@ SMALL = ["backbone={name: flow, tiny: true, resolution: 32}", "sampling.num_step
          "log.progress=false", "log.tensorboard=false", "log.grid_every=null"]
 
 
-def _benchmark_module():
-    spec = importlib.util.spec_from_file_location("sample_efficiency", ROOT / "benchmarks" / "sample_efficiency.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_bench = _benchmark_module()
+_bench = load_benchmark("sample_efficiency")
 _base, ROWS = _bench.read_suite(_bench.SUITE)
 BASE = str(ROOT / _base)
 
@@ -44,7 +37,7 @@ def test_suite_row_trains(tmp_path, name):
     summary = train(cfg, tmp_path / name)
     assert summary["iterations"] == 2 and summary["images_generated"] == 32
     assert summary["heldout_accuracy_before"] is not None and summary["heldout_accuracy_after"] is not None
-    table = _benchmark_module().milestones(tmp_path / name)
+    table = _bench.milestones(tmp_path / name)
     assert table["iterations"] == 2 and table["images"] == 32
     assert table["before"] == summary["heldout_accuracy_before"]
 
@@ -53,14 +46,14 @@ def test_suite_file_errors_name_the_row(tmp_path):
     bad = tmp_path / "suite.yaml"
     bad.write_text("base: configs/quickstart.yaml\nrows: {nft: {overrides: [], every: 3}}\n")
     with pytest.raises(SystemExit, match="row 'nft': valid keys are 'overrides' and 'eval_every'"):
-        _benchmark_module().read_suite(bad)
+        _bench.read_suite(bad)
 
 
 def test_a_longer_budget_continues_the_finished_run(tmp_path):
     """``--minutes`` larger than a finished row's budget resumes it from its final checkpoint: the iterations
     go on from where they stopped (none repeated), the training clock accumulates, and a budget already met
     trains nothing."""
-    bench = _benchmark_module()
+    bench = _bench
     small = [o for o in SMALL if not o.startswith(("train.iterations", "train.max_minutes", "eval.every"))]
     row = {"overrides": ROWS["nft"]["overrides"], "eval_every": 1000}
     run_dir = bench.run_one("nft", BASE, row, tmp_path, 0.02, 1, [*small, "batch_size=16"])

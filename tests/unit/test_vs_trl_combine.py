@@ -3,26 +3,19 @@ when they were trained with the same settings; the sample-efficiency verdict is 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmark_scripts import load_benchmark
+
 SHARED = {"model": "models/shapes-sd/pipeline", "iterations": 3, "batch_size": 32, "minibatch_size": 8,
           "num_steps": 10, "guidance": 3.0, "lr": 3e-4, "per_category": 64, "seed": 0, "smoke": False}
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("vs_trl", ROOT / "benchmarks" / "vs_trl.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-vs_trl = _module()
+vs_trl = load_benchmark("vs_trl")
 
 
 def _run(accuracies: list[float]) -> dict:
