@@ -16,7 +16,7 @@ from vgrl.device import DeviceError, to_cpu
 from vgrl.policy import load_trainable_state, trainable_state
 
 if TYPE_CHECKING:
-    from vgrl.trainer import Run
+    from vgrl.run_build import Run
 
 
 class TrainingError(RuntimeError):

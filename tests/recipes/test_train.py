@@ -219,16 +219,16 @@ def test_compose_reward_from_yaml_logs_every_term(tmp_path):
 
 def test_data_categories_restrict_the_training_prompts(tmp_path):
     from vgrl.config.schema import ConfigError
-    from vgrl.trainer import _prompt_sampler
+    from vgrl.run_build import prompt_sampler
 
     cfg = config(tmp_path, data={"categories": ["counting", "position"]})
-    sampler = _prompt_sampler(cfg)
+    sampler = prompt_sampler(cfg)
     drawn = sampler.draw(200)
     assert {m.category for m in drawn.metas} == {"counting", "position"}
     counts = sum(m.category == "counting" for m in drawn.metas)
     assert 70 < counts < 130  # each selected category is drawn equally often
     with pytest.raises(TrainingError, match=r"data\.categories: 'count' not in split 'train'.*valid: single_object"):
-        _prompt_sampler(config(tmp_path, data={"categories": ["count"]}))
+        prompt_sampler(config(tmp_path, data={"categories": ["count"]}))
     with pytest.raises(ConfigError, match=r"data\.categories.*cannot apply to plain prompts"):
         config(tmp_path, prompts=["a red circle"], data={"world": None, "categories": ["counting"]})
 

@@ -124,7 +124,7 @@ def test_over_the_shapes_checker_the_correct_render_wins():
 
 
 def test_vgrl_train_config_syntax(tmp_path, capsys):
-    from vgrl.trainer import _component  # how `vgrl train` builds its reward from the config
+    from vgrl.run_build import component  # how `vgrl train` builds its reward from the config
 
     config = tmp_path / "win_rate.yaml"
     config.write_text(
@@ -137,7 +137,7 @@ def test_vgrl_train_config_syntax(tmp_path, capsys):
     assert main(["validate", str(config)]) == 0
     assert "win_rate" in capsys.readouterr().out
     cfg = load_config(config, ["reward.inner.options.mode=incompressibility"])
-    reward = _component("rewards", "reward", cfg.reward)
+    reward = component("rewards", "reward", cfg.reward)
     assert isinstance(reward, WinRate) and reward.inner.name == "jpeg"
     assert reward.inner.options.quality == 80 and reward.inner.options.mode == "incompressibility"
     noise = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
