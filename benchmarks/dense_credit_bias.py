@@ -31,29 +31,18 @@ def main() -> None:
     from vgrl import trainer
     from vgrl.algorithms.nft import EVIDENCE_TOL, optimality
     from vgrl.config import load_config
-    from vgrl.rollout import make_seeds, rollout
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, [*DENSE, *args.overrides, f"train.threads={args.threads}"])
     if cfg.algorithm.name != "nft":
         raise SystemExit(f"--config: algorithm {cfg.algorithm.name!r}; this measures nft's dense credit")
     run = trainer.build(cfg)
-    g = cfg.group_size
     sums = {k: 0.0 for k in ("evidence_dense", "evidence_scalar", "background_dense", "background_scalar")}
     counts = {"evidence": 0, "background": 0, "below": 0, "above": 0}
-    for _ in range(args.rollouts):
-        draw = run.sampler.draw(cfg.batch_size // g)
-        prompts = [p for p in draw.texts for _ in range(g)]
-        metadata = [m for m in draw.metas for _ in range(g)]
-        cond = run.backbone.encode(list(draw.texts), guidance=cfg.sampling.guidance_scale > 1).repeat_interleave(g)
-        with torch.no_grad(), run.sampling_precision.autocast():
-            traj = rollout(run.backbone, run.kernel, cond, cfg.sampling.num_steps, run.plan,
-                           seeds=make_seeds(cfg.batch_size, run.generators["seeds"]),
-                           guidance_scale=cfg.sampling.guidance_scale)
-            images = run.backbone.decode(traj.x0)
-        reward = run.reward(images, prompts, metadata)
-        batch = run.algorithm.prepare(traj, reward, torch.arange(len(draw.texts)).repeat_interleave(g),
-                                      prompts, metadata)
+    for _ in range(args.rollouts):  # the trainer's own COLLECT, SCORE and PREPARE; no update
+        c = trainer.collect(run)
+        reward = run.reward(c.images, c.prompts, c.metadata)
+        batch = trainer.prepare(run, c, reward, reward.scores)
         dev = reward.dense - reward.scores.view(-1, 1, 1)
         evidence = dev.abs() > EVIDENCE_TOL
         dense = 2 * batch.weights - 1

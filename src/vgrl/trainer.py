@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,8 @@ from vgrl.run_state import Counters, TrainingError, restore, resume_point, save
 from vgrl.schedule import budget_fraction
 from vgrl.types import Batch, RewardOutput
 
-__all__ = ["Counters", "Run", "TrainingError", "build", "evaluate", "export", "iterate", "train", "update"]
+__all__ = ["Collected", "Counters", "Run", "TrainingError", "build", "collect", "evaluate", "export", "iterate",
+           "prepare", "train", "update"]
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -126,48 +128,68 @@ def iterate(run: Run, counters: Counters) -> tuple[dict, Tensor | None]:
     """One COLLECT / SCORE / PREPARE / UPDATE iteration; returns its log row and the decoded images."""
     if run.pairs is not None:
         return iterate_pairs(run, counters), None
-    cfg, g = run.cfg, run.cfg.group_size
+    g = run.cfg.group_size
     t0 = time.perf_counter()
+    c = collect(run)
+    row: dict[str, Any] = {"kind": "train"}
+    try:
+        reward = run.reward(c.images, c.prompts, c.metadata)
+    except NonFiniteRewardError as e:
+        return _skip(run, counters, row, "non-finite reward", [c.ids[i // g] for i in e.samples]), c.images
+    scores = run.dist.gather(reward.scores.detach())
+    row.update(reward_mean=scores.mean().item(), reward_std=scores.std(unbiased=False).item(),
+               seconds_rollout=time.perf_counter() - t0, **_detail_means(reward.details, len(c.images)),
+               **_category_means(scores, c.draw.metas, g))
+    if run.rollout_dir is not None:
+        from vgrl.data.preferences import save_rollouts
+
+        rows = range(len(c.prompts))
+        save_rollouts(run.rollout_dir / f"iter_{counters.iteration + 1:05d}", c.images, c.prompts, c.metadata,
+                      scores.tolist(), [i // g for i in rows], [c.ids[i // g] for i in rows], c.traj.seeds.tolist())
+    batch = prepare(run, c, reward, scores)
+    bad = (~torch.isfinite(batch.adv)).nonzero().flatten().tolist()
+    if run.dist.any(bool(bad)):
+        return _skip(run, counters, row, "non-finite advantage", sorted({c.ids[i // g] for i in bad})), c.images
+    if len(batch) == 0:  # a pairwise algorithm found no pair above its margin: nothing to learn from
+        row["empty_batch"] = 1.0
+        return row, c.images
+    t1 = time.perf_counter()
+    with torch.no_grad(), run.precision.autocast():
+        batch = run.algorithm.before_update(run.backbone, batch.to(run.device))
+    row.update(update(run, counters, batch))
+    row["seconds_update"] = time.perf_counter() - t1
+    return row, c.images
+
+
+@dataclass
+class Collected:
+    """COLLECT's output: this process's share of one rollout (its prompt groups, expanded x ``group_size``)."""
+
+    draw: Any              # the global draw of prompts (every process holds all of them)
+    groups: slice          # this process's prompt groups
+    prompts: list[str]
+    metadata: list[Any]
+    ids: list[int]         # prompt ids of this process's groups
+    traj: Any
+    images: Tensor
+
+
+def collect(run: Run) -> Collected:
+    """Draw prompts and seeds from the run's generators, roll out (in ``sampling.mixed_precision`` and the
+    algorithm's sampling policy) and decode: COLLECT of one iteration."""
+    cfg, g = run.cfg, run.cfg.group_size
     draw = run.sampler.draw(cfg.batch_size // g)
     seeds = make_seeds(cfg.batch_size, run.generators["seeds"])
     groups = run.dist.shard(len(draw.texts))
-    texts, metas, ids = draw.texts[groups], draw.metas[groups], draw.ids[groups]
-    prompts = [p for p in texts for _ in range(g)]
-    metadata = [m for m in metas for _ in range(g)]
+    texts, metas = draw.texts[groups], draw.metas[groups]
     cond = run.backbone.encode(texts, guidance=cfg.sampling.guidance_scale > 1).repeat_interleave(g)
     with run.sampling_precision.autocast(), run.algorithm.sampling_policy(run.backbone):
         traj = rollout(run.backbone, run.kernel, cond, cfg.sampling.num_steps, run.plan,
                        seeds=seeds[groups.start * g: groups.stop * g], guidance_scale=cfg.sampling.guidance_scale)
         with torch.no_grad():
             images = run.backbone.decode(traj.x0)
-    row: dict[str, Any] = {"kind": "train"}
-    try:
-        reward = run.reward(images, prompts, metadata)
-    except NonFiniteRewardError as e:
-        return _skip(run, counters, row, "non-finite reward", [ids[i // g] for i in e.samples]), images
-    scores = run.dist.gather(reward.scores.detach())
-    row.update(reward_mean=scores.mean().item(), reward_std=scores.std(unbiased=False).item(),
-               seconds_rollout=time.perf_counter() - t0, **_detail_means(reward.details, len(images)),
-               **_category_means(scores, draw.metas, g))
-    if run.rollout_dir is not None:
-        from vgrl.data.preferences import save_rollouts
-
-        rows = range(len(prompts))
-        save_rollouts(run.rollout_dir / f"iter_{counters.iteration + 1:05d}", images, prompts, metadata,
-                      scores.tolist(), [i // g for i in rows], [ids[i // g] for i in rows], traj.seeds.tolist())
-    batch = _prepare(run, traj, reward, scores, draw, groups)
-    bad = (~torch.isfinite(batch.adv)).nonzero().flatten().tolist()
-    if run.dist.any(bool(bad)):
-        return _skip(run, counters, row, "non-finite advantage", sorted({ids[i // g] for i in bad})), images
-    if len(batch) == 0:  # a pairwise algorithm found no pair above its margin: nothing to learn from
-        row["empty_batch"] = 1.0
-        return row, images
-    t1 = time.perf_counter()
-    with torch.no_grad(), run.precision.autocast():
-        batch = run.algorithm.before_update(run.backbone, batch.to(run.device))
-    row.update(update(run, counters, batch))
-    row["seconds_update"] = time.perf_counter() - t1
-    return row, images
+    return Collected(draw, groups, [p for p in texts for _ in range(g)], [m for m in metas for _ in range(g)],
+                     draw.ids[groups], traj, images)
 
 
 def iterate_pairs(run: Run, counters: Counters) -> dict:
@@ -211,22 +233,22 @@ def _category_means(scores: Tensor, metas, group_size: int) -> dict[str, float]:
             for c in dict.fromkeys(cats)}
 
 
-def _prepare(run: Run, traj, reward, scores: Tensor, draw, groups: slice) -> Batch:
+def prepare(run: Run, c: Collected, reward: RewardOutput, scores: Tensor) -> Batch:
     """``algorithm.prepare`` on the *global* batch (every process holds all prompts and, gathered, all
     scores, so advantages, per-prompt statistics and algorithm state are the same on every process);
     this process keeps its own rows. It runs on the CPU (rewards are moved there; the trajectory stays put)."""
     g = run.cfg.group_size
-    prompts = [p for p in draw.texts for _ in range(g)]
-    metadata = [m for m in draw.metas for _ in range(g)]
-    group_ids = torch.arange(len(draw.texts)).repeat_interleave(g)
+    prompts = [p for p in c.draw.texts for _ in range(g)]
+    metadata = [m for m in c.draw.metas for _ in range(g)]
+    group_ids = torch.arange(len(c.draw.texts)).repeat_interleave(g)
     if run.dist.world == 1:
-        return run.algorithm.prepare(traj, reward.to("cpu"), group_ids, prompts, metadata)
+        return run.algorithm.prepare(c.traj, reward.to("cpu"), group_ids, prompts, metadata)
     dense = None if reward.dense is None else run.dist.gather(reward.dense.detach().contiguous())
-    full = run.algorithm.prepare(traj, RewardOutput(scores=scores, dense=dense).to("cpu"), group_ids, prompts,
+    full = run.algorithm.prepare(c.traj, RewardOutput(scores=scores, dense=dense).to("cpu"), group_ids, prompts,
                                  metadata)
-    rows = torch.arange(groups.start * g, groups.stop * g)
+    rows = torch.arange(c.groups.start * g, c.groups.stop * g)
     pick = (lambda seq: None if seq is None else [seq[i] for i in rows.tolist()])
-    return Batch(traj=traj, rewards=full.rewards[rows], adv=full.adv[rows], group_ids=full.group_ids[rows],
+    return Batch(traj=c.traj, rewards=full.rewards[rows], adv=full.adv[rows], group_ids=full.group_ids[rows],
                  prompts=pick(full.prompts), metadata=pick(full.metadata),
                  weights=None if full.weights is None else full.weights[rows])
 
