@@ -5,7 +5,7 @@ last release with DDPO; Black et al., arXiv 2305.13301) and ``trl.DefaultDDPOSta
 on the local pipeline directory (no hub), with:
 
 * prompts: the shapes world's training split drawn exactly as ``vgrl train`` draws them
-  (:class:`vgrl.policy.PromptSampler`: a category uniformly, then a prompt of it), one per
+  (:class:`vgrl.training.policy.PromptSampler`: a category uniformly, then a prompt of it), one per
   ``prompt_fn`` call, each with its checker metadata;
 * reward: :class:`vgrl.rewards.shapes_checker.ShapesCheckerReward` (partial credit) on TRL's decoded
   images in [0, 1].
@@ -87,7 +87,7 @@ def main() -> None:
     from peft.utils import get_peft_model_state_dict
     from trl import DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline
 
-    from vgrl.policy import PromptSampler
+    from vgrl.training.policy import PromptSampler
     from vgrl.rewards.shapes_checker import ShapesCheckerReward
     from vgrl.worlds.shapes import ShapesWorld
 

@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help=f"config overrides a.b=c (after {' '.join(DENSE)})")
     args = parser.parse_args()
 
-    from vgrl import trainer
+    from vgrl.training import loop as trainer
     from vgrl.algorithms.nft import EVIDENCE_TOL, optimality
     from vgrl.config import load_config
 

@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vgrl.tracking import svg_line_plot
+from vgrl.media import svg_line_plot
 
 
 def smooth(points: list[tuple[float, float]], k: int = 5) -> list[tuple[float, float]]:

@@ -45,7 +45,7 @@ def run_one(name: str, base: str, row: dict, out: Path, minutes: float, threads:
     budget, which then goes on to the new budget from its last checkpoint, exactly). ``extra``: overrides
     applied to every row after its own (``--set``)."""
     from vgrl.config import load_config
-    from vgrl.trainer import train
+    from vgrl.training.loop import train
 
     run_dir = out / name
     summary = run_dir / "summary.json"

@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides a.b=c")
     args = parser.parse_args()
 
-    from vgrl import trainer
+    from vgrl.training import loop as trainer
     from vgrl.config import load_config
 
     torch.set_num_threads(args.threads)

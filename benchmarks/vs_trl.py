@@ -153,7 +153,7 @@ def vgrl_config(a, algorithm: str, model: str):
 
 def run_vgrl(a, algorithm: str) -> dict:
     """``vgrl train`` in this process; returns throughput and the evaluation curve from the run directory."""
-    from vgrl import trainer
+    from vgrl.training import loop as trainer
 
     run_dir = a.out / algorithm
     cpu = [0.0]
@@ -191,7 +191,7 @@ def eval_trl(a, trl: dict, meta: dict) -> list[dict]:
 
     from vgrl import backbones
     from vgrl.evaluation.world_eval import eval_set, evaluate
-    from vgrl.policy import export_pipeline
+    from vgrl.training.policy import export_pipeline
     from vgrl.worlds.shapes import ShapesWorld
 
     world = ShapesWorld(meta.get("resolution", 32))

@@ -115,7 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg is None:
         return EXIT_CONFIG
-    from vgrl.trainer import TrainingError, train  # heavy: torch, diffusers
+    from vgrl.training.loop import TrainingError, train  # heavy: torch, diffusers
 
     try:
         train(cfg, args.run_dir, resume=args.resume)
@@ -143,14 +143,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Per-category checker accuracy of a pipeline directory (or a training checkpoint) on a world's prompt split."""
-    from vgrl.checkpoint import CheckpointError
+    from vgrl.training.checkpoint import CheckpointError
     from vgrl.device import DeviceError
     from vgrl.evaluation.world_eval import run
+    from vgrl.training.export import pipeline_dir
 
     try:
-        run(args.model, args.world, args.split, per_category=args.samples_per_category, num_steps=args.steps,
-            guidance_scale=args.guidance, seed=args.seed, out_dir=args.out, kernel=args.kernel,
-            negative_model=args.negative_model, device=args.device)
+        with pipeline_dir(args.model) as path:
+            run(path, args.world, args.split, per_category=args.samples_per_category, num_steps=args.steps,
+                guidance_scale=args.guidance, seed=args.seed, out_dir=args.out, kernel=args.kernel,
+                negative_model=args.negative_model, device=args.device, label=args.model)
     except DeviceError as e:
         print(f"error: {str(e).replace('backbone.device', '--device')}", file=sys.stderr)
         return EXIT_CONFIG
@@ -162,8 +164,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a training checkpoint (or a run folder's newest) as a diffusers pipeline directory."""
-    from vgrl.checkpoint import CheckpointError
-    from vgrl.export import export_checkpoint
+    from vgrl.training.checkpoint import CheckpointError
+    from vgrl.training.export import export_checkpoint
 
     try:
         path = export_checkpoint(args.checkpoint, args.out, weights=args.weights)

@@ -18,7 +18,7 @@ from vgrl import backbones
 from vgrl.config import RunConfig, save_config
 from vgrl.device import Precision, resolve_device, set_deterministic
 from vgrl.rollout import kernel_for, plan_from_config, rollout
-from vgrl.tracking import save_grid
+from vgrl.media import save_grid
 
 
 def run(cfg: RunConfig, out_dir: str | Path) -> dict:

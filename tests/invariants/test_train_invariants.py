@@ -15,7 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from vgrl import checkpoint
+from vgrl.training import checkpoint
 
 BASE = {
     "seed": 3,
@@ -93,7 +93,7 @@ def test_resume_after_sigkill_equals_uninterrupted_bitwise(tmp_path):
 
 def test_batch_8_accum_1_equals_batch_2_accum_4(tmp_path):
     from vgrl.config import load_config
-    from vgrl.trainer import train
+    from vgrl.training.loop import train
 
     one = load_config(_write(tmp_path, "a", minibatch_size=8, grad_accum=1))
     four = load_config(_write(tmp_path, "b", minibatch_size=2, grad_accum=4))
@@ -118,7 +118,7 @@ def test_one_process_equals_two_processes(tmp_path):
 def test_nft_lagging_sampling_policy_resumes_exactly(tmp_path):
     """theta_old (NFT's soft-updated sampling policy) is checkpointed: 2 + 2 resumed iterations == 4."""
     from vgrl.config import load_config
-    from vgrl.trainer import train
+    from vgrl.training.loop import train
 
     data = {**BASE, "kernel": {"name": "ode"}, "sampling": {"num_steps": 4, "plan": {"kind": "ode"}},
             "algorithm": {"name": "nft", "old_decay_rate": 0.3, "old_decay_max": 0.5},

@@ -11,7 +11,7 @@ import pytest
 
 from tests.benchmark_scripts import load_benchmark
 from vgrl.config import load_config
-from vgrl.trainer import train
+from vgrl.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[2]
 # The shipped model replaced by the tiny one, and a run small enough for CI; everything else is the row's.

@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import load_file
 
 from tests.recipes.test_train import config
-from vgrl.checkpoint import CheckpointError
+from vgrl.training.checkpoint import CheckpointError
 from vgrl.cli import main
-from vgrl.export import export_checkpoint
-from vgrl.trainer import train
+from vgrl.training.export import export_checkpoint
+from vgrl.training.loop import train
 
 
 def weights(pipeline) -> dict[str, torch.Tensor]:
@@ -70,11 +70,13 @@ def test_ema_of_a_run_without_ema_is_refused(tmp_path):
 
 
 def test_eval_of_a_checkpoint_is_the_eval_of_its_export(run_dir, tmp_path):
-    from vgrl.evaluation import world_eval
+    from vgrl.cli import main
 
     ckpt = str(run_dir / "checkpoints" / "step-000002")
-    kw = dict(world_name="shapes", split="heldout", per_category=2, num_steps=3, guidance_scale=1.0)
-    direct = world_eval.run(ckpt, out_dir=str(tmp_path / "a"), **kw)
-    exported = world_eval.run(str(export_checkpoint(ckpt, tmp_path / "p")), out_dir=str(tmp_path / "b"), **kw)
-    assert direct.as_dict() == exported.as_dict()
+    kw = ["--world", "shapes", "--split", "heldout", "--samples-per-category", "2", "--steps", "3", "--guidance", "1"]
+    assert main(["eval", "--model", ckpt, "--out", str(tmp_path / "a"), *kw]) == 0
+    exported = str(export_checkpoint(ckpt, tmp_path / "p"))
+    assert main(["eval", "--model", exported, "--out", str(tmp_path / "b"), *kw]) == 0
+    direct, again = (json.loads((tmp_path / d / "eval.json").read_text()) for d in ("a", "b"))
+    assert {k: v for k, v in direct.items() if k != "model"} == {k: v for k, v in again.items() if k != "model"}
     assert json.loads((tmp_path / "a" / "eval.json").read_text())["model"] == ckpt

@@ -14,7 +14,7 @@ import yaml
 
 from vgrl.cli import main
 from vgrl.config import load_config
-from vgrl.trainer import train
+from vgrl.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {

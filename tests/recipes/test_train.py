@@ -8,9 +8,9 @@ import pytest
 import torch
 import yaml
 
-from vgrl import checkpoint
+from vgrl.training import checkpoint
 from vgrl.config import load_config
-from vgrl.trainer import TrainingError, train
+from vgrl.training.loop import TrainingError, train
 
 TINY = {
     "seed": 0,
@@ -100,7 +100,7 @@ class NaNOnce:
 
 
 def _patched_build(monkeypatch, patch):
-    import vgrl.trainer as trainer
+    import vgrl.training.loop as trainer
 
     original = trainer.build
 
@@ -180,7 +180,8 @@ def test_quickstart_config_runs_on_the_shipped_model(tmp_path):
 
 
 def test_exported_pipeline_predicts_like_the_trained_model(tmp_path):
-    from vgrl import backbones, trainer
+    from vgrl import backbones
+    from vgrl.training import loop as trainer
     from vgrl.rollout import StepPlan, kernel_for, rollout
 
     cfg = config(tmp_path, train={"iterations": 2}, eval={"before": False, "every": None})
@@ -219,7 +220,7 @@ def test_compose_reward_from_yaml_logs_every_term(tmp_path):
 
 def test_data_categories_restrict_the_training_prompts(tmp_path):
     from vgrl.config.schema import ConfigError
-    from vgrl.run_build import prompt_sampler
+    from vgrl.training.build import prompt_sampler
 
     cfg = config(tmp_path, data={"categories": ["counting", "position"]})
     sampler = prompt_sampler(cfg)
@@ -234,7 +235,7 @@ def test_data_categories_restrict_the_training_prompts(tmp_path):
 
 
 def test_training_reward_is_logged_per_prompt_category(tmp_path):
-    from vgrl.trainer import _category_means
+    from vgrl.training.loop import _category_means
     from vgrl.worlds.shapes import ObjectSpec, PromptMeta
 
     # by hand: prompts (counting, colors, counting), 2 samples each

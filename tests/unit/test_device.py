@@ -14,10 +14,10 @@ import pytest
 import torch
 import yaml
 
-from vgrl import checkpoint
+from vgrl.training import checkpoint
 from vgrl.config import ConfigError, apply_overrides, dump_config, load_config, validate_config
 from vgrl.device import DeviceError, Precision, resolve_device, to_cpu
-from vgrl.trainer import TrainingError, build, train
+from vgrl.training.loop import TrainingError, build, train
 
 from tests.recipes.test_train import TINY as TRAIN_TINY
 
@@ -151,7 +151,7 @@ def test_explicit_cpu_equals_default_bitwise(tmp_path):
 
 
 def test_bf16_autocast_on_cpu_end_to_end(tmp_path):
-    from vgrl import trainer
+    from vgrl.training import loop as trainer
     from vgrl.rollout import rollout
     from vgrl.types import RewardOutput
 
@@ -230,7 +230,7 @@ def _prediction_dtypes(run, phase):
 def test_rollout_and_eval_precision_apart_from_training(tmp_path, eval_mode, eval_dtype):
     # nft (no log-probs): rollouts under sampling.mixed_precision bf16, the update in fp32, the evaluation
     # in eval.mixed_precision (null: the training precision)
-    from vgrl.trainer import Counters, evaluate, iterate
+    from vgrl.training.loop import Counters, evaluate, iterate
 
     ode = {**TINY["sampling"], "plan": {"kind": "ode"}}
     common = dict(deterministic=False, algorithm={"name": "nft", "num_timesteps": 1}, kernel={"name": "ode"},
@@ -265,7 +265,7 @@ def test_ratio_algorithms_refuse_a_rollout_precision_of_their_own(tmp_path):
 def _cpu_fp16(monkeypatch, init_scale, inf_steps):
     """Patch the trainer's build: an fp16 loss scaler on the CPU (what fp16 does on CUDA) and infinite gradients
     from the first optimiser steps' backward passes (2 minibatches x 2 recorded steps per optimiser step)."""
-    import vgrl.trainer as trainer
+    import vgrl.training.loop as trainer
 
     original, calls = trainer.build, {"n": 0}
 

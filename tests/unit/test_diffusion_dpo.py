@@ -17,7 +17,7 @@ from vgrl.algorithms._forward import draw
 from vgrl.algorithms._pairs import focus_map, offline_batch, paired_trajectory, select_pairs
 from vgrl.algorithms.diffusion_dpo import dpo_loss, pair_errors, preference_loss
 from vgrl.data.preferences import PreferenceDataset, write_index
-from vgrl.policy import Reference
+from vgrl.training.policy import Reference
 from vgrl.rollout import StepPlan, kernel_for, rollout
 from vgrl.types import Batch, RewardOutput
 
@@ -307,7 +307,7 @@ def _config(tmp_path, algorithm, **data):
 
 def test_trainer_checks_mode_against_the_dataset(tiny_backbones, trajs, tmp_path):
     from vgrl.config import ConfigError
-    from vgrl.trainer import TrainingError, build
+    from vgrl.training.loop import TrainingError, build
 
     with pytest.raises(TrainingError, match="mode: 'offline' trains 'diffusion_dpo' on a preference dataset: "
                                             "set data.preferences"):
@@ -328,7 +328,7 @@ def test_trainer_checks_mode_against_the_dataset(tiny_backbones, trajs, tmp_path
 
 
 def test_offline_training_reads_pairs_not_rollouts(tiny_backbones, trajs, tmp_path):
-    from vgrl.trainer import train
+    from vgrl.training.loop import train
 
     with torch.no_grad():
         index = make_dataset(tmp_path / "ds", tiny_backbones["flow"].decode(trajs["flow"].x0), PROMPTS)

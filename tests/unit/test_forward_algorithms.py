@@ -17,7 +17,7 @@ from vgrl.algorithms._forward import draw, noise, noised, unit_seed, weighted_de
 from vgrl.algorithms.nft import adaptive_error, dense_optimality, nft_terms, optimality
 from vgrl.algorithms.raft import keep_mask
 from vgrl.algorithms.rwr import exp_weights
-from vgrl.policy import Reference
+from vgrl.training.policy import Reference
 from vgrl.rollout import StepPlan, kernel_for, rollout
 from vgrl.types import Batch, RewardOutput
 
@@ -520,7 +520,7 @@ def _config(tmp_path, backbone, algorithm):
 @pytest.mark.parametrize("algorithm", [{"name": "nft", "num_timesteps": 2}, {"name": "rwr"},
                                        {"name": "raft", "top_k": 1}, {"name": "rwr", "kl": 0.5}])
 def test_train_two_iterations_with_the_ode_kernel(tmp_path, backbone, algorithm):
-    from vgrl.trainer import train
+    from vgrl.training.loop import train
 
     summary = train(_config(tmp_path, backbone, algorithm), tmp_path / "run")
     assert summary["optimizer_steps"] == 4 and summary["skipped_steps"] == 0 and summary["kernel"] == "ode"

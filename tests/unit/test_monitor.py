@@ -10,7 +10,7 @@ import yaml
 
 from vgrl.config import load_config
 from vgrl.evaluation.monitor import HackingMonitor, frechet_distance, rising_while_falling
-from vgrl.trainer import train
+from vgrl.training.loop import train
 
 from tests.recipes.test_train import TINY
 

@@ -14,7 +14,7 @@ from vgrl import algorithms
 from vgrl.algorithms._pairs import paired_trajectory, unconditional
 from vgrl.algorithms.diffusion_dpo import preference_loss
 from vgrl.algorithms.npo import NegativeGuidance
-from vgrl.policy import Reference, export_pipeline
+from vgrl.training.policy import Reference, export_pipeline
 from vgrl.rollout import StepPlan, kernel_for, rollout
 from vgrl.types import Batch, RewardOutput
 
@@ -122,7 +122,7 @@ def test_eval_with_a_negative_model(tiny_backbones, tmp_path):
 
 def test_npo_trains_online_through_train(tmp_path):
     from vgrl.config import load_config
-    from vgrl.trainer import train
+    from vgrl.training.loop import train
 
     cfg = {"seed": 0, "backbone": {"name": "flow", "tiny": True, "resolution": 32}, "kernel": {"name": "ode"},
            "sampling": {"num_steps": 2, "guidance_scale": 2.0, "plan": {"kind": "ode"}},

@@ -116,7 +116,7 @@ def test_invalid_json_and_every_problem_reported_at_once(tmp_path):
 
 def test_vgrl_pairs_from_a_tiny_run_with_saved_rollouts(tmp_path, capsys):
     from vgrl.config import load_config
-    from vgrl.trainer import train
+    from vgrl.training.loop import train
 
     cfg = {"seed": 0, "backbone": {"name": "flow", "tiny": True, "resolution": 32}, "kernel": {"name": "ode"},
            "sampling": {"num_steps": 2, "plan": {"kind": "ode"}}, "data": {"world": "shapes", "split": "train"},

@@ -392,7 +392,7 @@ def _train(tmp_path, name, reward):
     import yaml
 
     from vgrl.config import load_config
-    from vgrl.trainer import train
+    from vgrl.training.loop import train
 
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({**TINY, "reward": reward}))

@@ -14,7 +14,7 @@ import torch
 
 from vgrl.cli import main
 from vgrl.evaluation.report import write_report
-from vgrl.tracking import Tracker
+from vgrl.training.tracking import Tracker
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -124,7 +124,7 @@ def test_over_the_shapes_checker_the_correct_render_wins():
 
 
 def test_vgrl_train_config_syntax(tmp_path, capsys):
-    from vgrl.run_build import component  # how `vgrl train` builds its reward from the config
+    from vgrl.training.build import component  # how `vgrl train` builds its reward from the config
 
     config = tmp_path / "win_rate.yaml"
     config.write_text(

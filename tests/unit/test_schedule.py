@@ -8,7 +8,7 @@ import math
 import pytest
 
 from vgrl.config import ConfigError, validate_config
-from vgrl.schedule import LRSchedule, budget_fraction
+from vgrl.training.schedule import LRSchedule, budget_fraction
 
 
 def test_factors_by_hand():
@@ -61,7 +61,7 @@ def test_logged_step_lrs_follow_the_schedule(tmp_path):
     """4 iterations x 2 optimiser steps, 1 warm-up step, cosine to 0.2 over the iterations: the steps of
     iteration i use lr * decay((i - 1) / 4) (the first step also the warm-up factor, here 1)."""
     from tests.recipes.test_train import config, rows
-    from vgrl.trainer import train
+    from vgrl.training.loop import train
 
     cfg = config(tmp_path, train={"iterations": 4, "lr": 1e-3, "minibatch_size": 4, "grad_accum": 1,
                                   "checkpoint_every": 4, "lr_schedule": "cosine", "lr_min_ratio": 0.2,

@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from vgrl.tracking import Tracker, image_grid, read_metrics, save_grid, svg_line_plot
+from vgrl.evaluation.report import read_metrics
+from vgrl.media import image_grid, save_grid, svg_line_plot
+from vgrl.training.tracking import Tracker
 
 
 def test_grid_places_each_image_in_its_cell(tmp_path):
@@ -121,8 +123,8 @@ def test_progress_bar_follows_whichever_budget_stops_the_run():
     from pathlib import Path
 
     from vgrl.config import load_config
-    from vgrl.run_state import Counters
-    from vgrl.tracking import Progress
+    from vgrl.training.state import Counters
+    from vgrl.training.tracking import Progress
 
     quickstart = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
     timed = Progress(load_config(quickstart, ["train.iterations=1000", "train.max_minutes=10"]).train, Counters(),

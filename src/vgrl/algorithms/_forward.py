@@ -177,7 +177,7 @@ def weighted_denoising_loss(backbone, batch: Batch, unit: int, options: Regressi
 
     Args:
         weights: ``(B,)`` non-negative per-sample weights.
-        ref: the reference model (:class:`vgrl.policy.Reference`); needed when ``options.kl > 0``.
+        ref: the reference model (:class:`vgrl.training.policy.Reference`); needed when ``options.kl > 0``.
     Returns:
         the scalar loss and ``denoise_loss`` (unweighted mean ``L`` over the rows run), ``t_mean`` and, with
         ``kl > 0``, ``kl`` (unweighted mean ``K``).

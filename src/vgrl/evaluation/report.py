@@ -14,7 +14,7 @@ import re
 from html import escape
 from pathlib import Path
 
-from vgrl.tracking import read_metrics, svg_line_plot
+from vgrl.media import svg_line_plot
 
 # Train-row fields plotted in their own sections (the rest of the numeric fields get a small plot each).
 _TRAIN_MAIN = ("iteration", "images", "wall_seconds", "reward_mean", "reward_std", "loss", "grad_norm", "skipped")
@@ -25,6 +25,27 @@ _STYLE = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 .missing{color:#a33}.row{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
 figure{margin:0}img{image-rendering:pixelated;max-width:100%}pre{background:#f6f6f6;padding:8px}"""
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a ``metrics.jsonl``, in file order.
+
+    A last line without its newline that does not parse (a write cut by a crash) is dropped; any other
+    line that does not parse raises ``ValueError`` naming the file and line.
+    """
+    text = Path(path).read_text()
+    lines = text.split("\n")
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines):  # no newline after it: torn by a crash mid-write
+                break
+            raise ValueError(f"{path}:{i}: not a JSON row ({e.msg})") from None
+    return rows
 
 
 def write_report(run_dir: str | Path) -> Path:

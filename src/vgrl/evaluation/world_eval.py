@@ -9,9 +9,6 @@ accuracy is the mean over categories, as GenEval reports it.
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,27 +161,11 @@ class WorldEvaluator:
                         keep_images=self.keep_images if keep_images is None else keep_images, progress=progress)
 
 
-@contextlib.contextmanager
-def _pipeline_dir(model: str) -> Iterator[str]:
-    """``model`` itself, or a training checkpoint (``RUN/checkpoints/step-N``) exported to a temporary pipeline
-    directory with its EMA weights (:func:`vgrl.export.export_checkpoint`), removed once loaded."""
-    from vgrl import checkpoint
-
-    if not checkpoint.is_valid(model):
-        yield model
-        return
-    from vgrl.export import export_checkpoint
-
-    with tempfile.TemporaryDirectory(prefix="vgrl-eval-") as tmp:
-        yield str(export_checkpoint(model, Path(tmp) / "pipeline"))
-
-
 def run(model: str, world_name: str = "shapes", split: str = "heldout", *, per_category: int = 128,
         num_steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
         out_dir: str = "runs/eval", kernel: str = "ode", negative_model: str | None = None,
-        device: str = "auto") -> EvalResult:
-    """``vgrl eval``: load a pipeline directory (or a training checkpoint, exported on the fly with its EMA weights),
-    score it, print the table, write eval.json and a grid.
+        device: str = "auto", label: str | None = None) -> EvalResult:
+    """``vgrl eval``: load a pipeline directory, score it, print the table, write eval.json and a grid.
 
     Sampling settings default to the ones a vgrl-trained model records in its ``vgrl.json``
     (``eval_steps``, ``eval_guidance``), else 10 steps and guidance 1. ``negative_model``: a pipeline
@@ -199,12 +180,11 @@ def run(model: str, world_name: str = "shapes", split: str = "heldout", *, per_c
     from vgrl import backbones, registry
     from vgrl.backbones.base import read_meta
     from vgrl.device import resolve_device
-    from vgrl.tracking import save_grid
+    from vgrl.media import save_grid
 
     where = resolve_device(device)
-    with _pipeline_dir(model) as path:
-        meta = read_meta(path)
-        backbone = backbones.load(path).to(where)
+    meta = read_meta(model)
+    backbone = backbones.load(model).to(where)
     num_steps = num_steps or meta.get("eval_steps", 10)
     guidance_scale = guidance_scale or meta.get("eval_guidance", 1.0)
     if negative_model is not None:
@@ -222,12 +202,12 @@ def run(model: str, world_name: str = "shapes", split: str = "heldout", *, per_c
                       keep_images=64)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"model": str(model), "negative_model": negative_model, "world": world_name, "split": split, "num_steps": num_steps,
+    record = {"model": str(label or model), "negative_model": negative_model, "world": world_name, "split": split, "num_steps": num_steps,
               "guidance_scale": guidance_scale, "kernel": kernel, "seed": seed, **result.as_dict()}
     (out / "eval.json").write_text(json.dumps(record, indent=2))
     if result.images is not None:
         save_grid(result.images, out / "grid.png", nrow=8, scale=3)
-    table = Table(title=f"{world_name}/{split}: {Path(model).name} ({num_steps} steps, guidance {guidance_scale})")
+    table = Table(title=f"{world_name}/{split}: {Path(label or model).name} ({num_steps} steps, guidance {guidance_scale})")
     extras = result.extra_objects is not None
     for col in ("category", "accuracy", "score") + (("extra objects", "strict accuracy") if extras else ()) + (
             "samples",):

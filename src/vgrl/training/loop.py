@@ -14,7 +14,7 @@ One iteration (DESIGN.md)::
 
 Exactness: every random draw of the loop comes from a named ``torch.Generator`` (prompts, seeds,
 minibatch order) saved in each checkpoint with the optimiser, LR schedule, EMA, algorithm state and
-counters (:mod:`vgrl.run_state`), so a resumed run continues bit for bit (fp32, ``deterministic: true``, CPU). The policy is
+counters (:mod:`vgrl.training.state`), so a resumed run continues bit for bit (fp32, ``deterministic: true``, CPU). The policy is
 kept in eval mode throughout (no dropout), so the importance ratio is exactly 1 at the first inner
 step after a rollout.
 
@@ -37,12 +37,13 @@ import torch
 from torch import Tensor
 
 from vgrl.config import RunConfig, save_config
-from vgrl.policy import export_pipeline
+from vgrl.training.policy import export_pipeline
 from vgrl.rewards.base import NonFiniteRewardError
 from vgrl.rollout import make_seeds, rollout
-from vgrl.run_build import Run, build
-from vgrl.run_state import Counters, TrainingError, restore, resume_point, save
-from vgrl.schedule import budget_fraction
+from vgrl.training.build import Run, build
+from vgrl.training import TrainingError
+from vgrl.training.state import Counters, restore, resume_point, save
+from vgrl.training.schedule import budget_fraction
 from vgrl.types import Batch, RewardOutput
 
 __all__ = ["Collected", "Counters", "Run", "TrainingError", "build", "collect", "evaluate", "export", "iterate",
@@ -61,7 +62,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: str | None 
             checkpoint directory.
     """
     from vgrl.evaluation.report import write_report
-    from vgrl.tracking import Progress, Tracker
+    from vgrl.training.tracking import Progress, Tracker
 
     run_dir = Path(run_dir or cfg.run_dir or "runs/train")
     run = build(cfg)
@@ -414,7 +415,7 @@ def export(run: Run, out: Path, counters: Counters, extra: dict | None = None) -
 
 def _apply_schedule(run: Run, counters: Counters) -> None:
     """Set the LR of the next optimiser step from the fraction of the run's budget done so far
-    (:mod:`vgrl.schedule`); a pure function of the counters, so a resumed run sets the same LR."""
+    (:mod:`vgrl.training.schedule`); a pure function of the counters, so a resumed run sets the same LR."""
     t = run.cfg.train
     run.schedule.progress = budget_fraction(counters.iteration, counters.wall_seconds, t.iterations, t.max_minutes)
     factor = run.schedule(run.scheduler.last_epoch)

@@ -9,11 +9,14 @@ one: LoRA merged, the EMA weights (``weights="ema"``, when the run keeps an EMA)
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-from vgrl import checkpoint
-from vgrl.checkpoint import CheckpointError
+from vgrl.training import checkpoint
+from vgrl.training.checkpoint import CheckpointError
 
 Weights = Literal["ema", "raw"]
 
@@ -43,8 +46,8 @@ def export_checkpoint(path: str | Path, out: str | Path, weights: Weights = "ema
             without an EMA.
     """
     from vgrl.config import ConfigError, load_config
-    from vgrl.run_state import restore
-    from vgrl.trainer import build, export
+    from vgrl.training.state import restore
+    from vgrl.training.loop import build, export
 
     if weights not in ("ema", "raw"):
         raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
@@ -65,3 +68,14 @@ def export_checkpoint(path: str | Path, out: str | Path, weights: Weights = "ema
     if weights == "raw":
         run.ema = None
     return export(run, Path(out), counters, extra={"checkpoint": str(ckpt), "weights": weights})
+
+
+@contextlib.contextmanager
+def pipeline_dir(model: str, weights: Weights = "ema") -> Iterator[str]:
+    """``model`` itself, or a training checkpoint (``RUN/checkpoints/step-N``) exported to a temporary pipeline
+    directory (:func:`export_checkpoint`), removed when the block ends."""
+    if not checkpoint.is_valid(model):
+        yield model
+        return
+    with tempfile.TemporaryDirectory(prefix="vgrl-eval-") as tmp:
+        yield str(export_checkpoint(model, Path(tmp) / "pipeline", weights))

@@ -1,7 +1,7 @@
 """BUILD: everything a training run needs, made from its config once — devices and precisions, the reward and
 algorithm (their options validated), the backbone with its LoRA, reference, optimiser, LR schedule and EMA, the
 prompt sampler, random generators and the held-out evaluator — checked against each other before any model is
-loaded where possible. :mod:`vgrl.trainer` runs the loop over the :class:`Run` this returns."""
+loaded where possible. :mod:`vgrl.training.loop` runs the loop over the :class:`Run` this returns."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from typing import Any
 
 import torch
 
-from vgrl import backbones, distributed, registry
+from vgrl import backbones, registry
+from vgrl.training import TrainingError, distributed
 from vgrl.algorithms.base import check_compatible
 from vgrl.config import RunConfig
 from vgrl.device import DeviceError, Precision, resolve_device, set_deterministic
-from vgrl.policy import PromptSampler, Reference, add_lora
+from vgrl.training.policy import PromptSampler, Reference, add_lora
 from vgrl.rollout import kernel_for, plan_from_config
-from vgrl.run_state import TrainingError
-from vgrl.schedule import LRSchedule
+from vgrl.training.schedule import LRSchedule
 
 
 @dataclass

@@ -11,16 +11,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from vgrl import checkpoint
+from vgrl.training import TrainingError, checkpoint
 from vgrl.device import DeviceError, to_cpu
-from vgrl.policy import load_trainable_state, trainable_state
+from vgrl.training.policy import load_trainable_state, trainable_state
 
 if TYPE_CHECKING:
-    from vgrl.run_build import Run
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (too many consecutive non-finite steps, a bad resume point, ...)."""
+    from vgrl.training.build import Run
 
 
 @dataclass
