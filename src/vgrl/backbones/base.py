@@ -27,7 +27,8 @@ class Backbone(ABC):
         name: registry key.
         predictions: prediction types the family supports (``epsilon``, ``v``, ``flow``).
         time_kind: ``"flow"`` (t in [0, 1], 1 = noise) or ``"discrete"`` (integer timesteps).
-        modality: ``"image"``, ``"video"`` or ``"multiview"``.
+        layout: the layout of the samples ``decode`` returns (:mod:`vgrl.layouts`): ``"image"``, ``"video"``
+            or ``"multiview"``.
     Instance attributes:
         prediction: the prediction type of this model.
         sample_shape: shape ``S`` of one sample in the working space (latents or pixels).
@@ -38,7 +39,7 @@ class Backbone(ABC):
     name: ClassVar[str]
     predictions: ClassVar[tuple[str, ...]]
     time_kind: ClassVar[str]
-    modality: ClassVar[str] = "image"
+    layout: ClassVar[str] = "image"
 
     prediction: str
     sample_shape: tuple[int, ...]

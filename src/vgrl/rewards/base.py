@@ -10,6 +10,7 @@ A reward judges a batch of generated samples. It declares, as class attributes:
 * ``granularity``: ``"pointwise"`` (sample ``i``'s score depends on sample ``i`` only, so scoring a
   batch in pieces changes nothing), ``"groupwise"`` (scores depend on the rest of the batch, e.g. a
   batch-standardised composition) or ``"dense"`` (pointwise plus a credit map in ``dense``).
+* ``layouts``: the sample layouts it accepts (:mod:`vgrl.layouts`; ``("image",)`` by default).
 * ``Options``: a pydantic model (``extra="forbid"``) of its options; the constructor validates through it.
 
 A reward never returns zeros (or any placeholder) in place of a failure: it raises.
@@ -70,6 +71,7 @@ class Reward(ABC):
     name: ClassVar[str]
     differentiable: ClassVar[bool]
     granularity: ClassVar[Granularity]
+    layouts: ClassVar[tuple[str, ...]] = ("image",)
     Options: ClassVar[type[RewardOptions]] = RewardOptions
 
     def __init__(self, **options: Any) -> None:
