@@ -5,8 +5,8 @@ Torch-free at import (a grid takes a tensor but only calls its methods), so ``vg
 
 from __future__ import annotations
 
+import io
 import math
-from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,41 +45,36 @@ def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, scale: 
 
 def svg_line_plot(series: dict[str, list[tuple[float, float]]], *, title: str = "", xlabel: str = "",
                   ylabel: str = "", width: int = 560, height: int = 320, log_y: bool = False) -> str:
-    """A self-contained SVG line chart of named ``(x, y)`` series (for docs and report.html)."""
-    pts = [(x, y) for s in series.values() for x, y in s if (y > 0 or not log_y)]
-    if not pts:
+    """A self-contained SVG line chart of named ``(x, y)`` series, drawn by matplotlib (for docs and report.html).
+
+    Text stays text (``svg.fonttype: none``), so titles and labels are searchable and scale with the page; with
+    more than one series the legend sits outside the axes, so it never covers a curve. ``width`` x ``height``
+    is the size in pixels at 100 dpi.
+    """
+    from matplotlib import rc_context
+    from matplotlib.backends.backend_svg import FigureCanvasSVG
+    from matplotlib.figure import Figure
+
+    series = {name: [(x, y) for x, y in pts if y > 0 or not log_y] for name, pts in series.items()}
+    if not any(series.values()):
         raise ValueError("svg_line_plot needs at least one point")
-    fy = math.log10 if log_y else (lambda y: y)
-    x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
-    y0, y1 = min(fy(p[1]) for p in pts), max(fy(p[1]) for p in pts)
-    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
-    left, right, top, bottom = 60, 20, 30, 45
-    sx = lambda x: left + (x - x0) / (x1 - x0) * (width - left - right)  # noqa: E731
-    sy = lambda y: height - bottom - (fy(y) - y0) / (y1 - y0) * (height - top - bottom)  # noqa: E731
-    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
-               "#7f7f7f", "#bcbd22"]
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-           f'font-size="11"><rect width="100%" height="100%" fill="white"/>',
-           f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="13">{escape(title)}</text>',
-           f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="black"/>',
-           f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="black"/>',
-           f'<text x="{width / 2}" y="{height - 8}" text-anchor="middle">{escape(xlabel)}</text>',
-           f'<text x="14" y="{height / 2}" text-anchor="middle" transform="rotate(-90 14 {height / 2})">'
-           f'{escape(ylabel)}</text>']
-    for i in range(5):
-        xv, yv = x0 + (x1 - x0) * i / 4, y0 + (y1 - y0) * i / 4
-        label = f"{10 ** yv:.3g}" if log_y else f"{yv:.3g}"
-        out.append(f'<text x="{sx(xv)}" y="{height - bottom + 14}" text-anchor="middle">{xv:.4g}</text>')
-        ypix = height - bottom - i / 4 * (height - top - bottom)
-        out.append(f'<text x="{left - 4}" y="{ypix + 4}" text-anchor="end">{label}</text>')
-    for k, (name, s) in enumerate(series.items()):
-        colour = colours[k % len(colours)]
-        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in s if (y > 0 or not log_y))
-        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{path}"/>')
-        if len(s) <= 20:  # few points (evaluations): mark each, so a lone point still shows
-            out.extend(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{colour}"/>'
-                       for x, y in s if (y > 0 or not log_y))
-        out.append(f'<text x="{width - right - 4}" y="{top + 14 * (k + 1)}" text-anchor="end" fill="{colour}">'
-                   f'{escape(name)}</text>')
-    out.append("</svg>")
-    return "\n".join(out)
+    with rc_context({"svg.fonttype": "none", "svg.hashsalt": "vgrl", "font.size": 9}):
+        fig = Figure(figsize=(width / 100, height / 100), dpi=100, layout="constrained")
+        ax = fig.add_subplot()
+        for i, (name, pts) in enumerate(series.items()):
+            if pts:  # few points (evaluations): mark each, so a lone point still shows
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, label=name, linewidth=1.5, marker="o" if len(pts) <= 20 else None, markersize=3,
+                        gid=f"series-{i}")
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=11)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        if len(series) > 1:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+        out = io.StringIO()
+        FigureCanvasSVG(fig).print_svg(out, metadata={"Date": None})
+    text = out.getvalue()
+    return text[text.index("<svg"):]  # drop the XML prolog and doctype: the chart goes inline into HTML

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -34,9 +35,12 @@ def test_grid_rejects_non_rgb():
 
 def test_svg_plot_has_one_line_per_series():
     svg = svg_line_plot({"a": [(0, 1.0), (1, 0.5)], "b": [(0, 2.0), (1, 3.0)]}, title="t", log_y=True)
-    assert svg.startswith("<svg") and svg.count("<polyline") == 2 and ">a<" in svg and ">b<" in svg
-    assert svg.count("<circle") == 4  # short series: every point marked
-    assert "a &lt;b&gt;" in svg_line_plot({"a <b>": [(0, 1.0)]})  # names escaped; one point still draws
+    assert svg.startswith("<svg") and svg.count('id="series-') == 2 and ">a</text>" in svg and ">b</text>" in svg
+    assert ">t</text>" in svg  # the title stays text
+    marks = [block.count("<use") for block in re.findall(r'<g id="series-\d">(.*?)</g>', svg, re.S)]
+    assert marks == [2, 2]  # short series: every point marked
+    one = svg_line_plot({"a <b>": [(0, 1.0)], "c": [(0, 2.0)]})
+    assert "a &lt;b&gt;" in one and one.count('id="series-') == 2  # names escaped; one point still draws
     with pytest.raises(ValueError):
         svg_line_plot({"a": []})
 

@@ -116,6 +116,16 @@ def _running_mean(points: list[tuple[float, float]], window: int) -> list[tuple[
     return out
 
 
+def _human(key: str) -> str:
+    """A summary key as words: ``heldout_strict_accuracy_after`` -> ``held-out strict accuracy after``."""
+    return key.replace("heldout", "held-out").replace("_", " ")
+
+
+def _value(v) -> str:
+    """Numbers to 4 significant digits; everything else as written."""
+    return f"{v:.4g}" if _number(v) and isinstance(v, float) else "n/a" if v is None else str(v)
+
+
 def _percent(x) -> str:
     return f"{100 * x:.1f}%" if _number(x) else "n/a"
 
@@ -143,7 +153,8 @@ def _summary_section(summary: dict | None, train: list[dict], evals: list[dict])
              ("images generated", str(summary.get("images_generated", "n/a"))),
              ("iterations", str(summary.get("iterations", "n/a"))),
              ("training minutes", minutes("wall_seconds")), ("eval minutes", minutes("eval_seconds"))]
-    pairs += [(k, str(v)) for k, v in summary.items() if k not in _SUMMARY_MAIN and not isinstance(v, (dict, list))]
+    pairs += [(_human(k), _value(v)) for k, v in summary.items()
+              if k not in _SUMMARY_MAIN and not isinstance(v, (dict, list))]
     config = summary.get("config")
     details = (f"<details><summary>config</summary><pre>{escape(json.dumps(config, indent=2))}</pre></details>"
                if config is not None else "")
