@@ -58,16 +58,6 @@ def focus_map(dense_w: Tensor, dense_l: Tensor, r_w: Tensor, r_l: Tensor, alpha:
     return m / m.flatten(1).mean(dim=1).view(-1, 1, 1)
 
 
-def is_pairwise(algorithm) -> bool:
-    """Whether ``algorithm`` trains on paired batches (its options are :class:`PairOptions`)."""
-    return isinstance(algorithm.options, PairOptions)
-
-
-def is_offline(algorithm) -> bool:
-    """Whether ``algorithm`` trains on a preference dataset instead of rollouts."""
-    return is_pairwise(algorithm) and algorithm.options.mode == "offline"
-
-
 def select_pairs(rewards: Tensor, group_ids: Tensor, pairing: str, margin: float) -> tuple[Tensor, Tensor]:
     """``(w, l)`` ``(P,)`` int64 sample indices of the kept pairs, groups in order (module docstring).
 
@@ -181,7 +171,8 @@ class PairwiseAlgorithm(Algorithm):
 
     @property
     def needs(self) -> Needs:
-        return Needs(reference=True, groups=self.options.mode == "online")
+        online = self.options.mode == "online"
+        return Needs(reference=True, groups=online, pairs=True, dataset=not online)
 
     def prepare(self, traj: Trajectory, reward: RewardOutput, group_ids: Tensor,
                 prompts: list[str] | None = None, metadata: list[Any] | None = None) -> Batch:

@@ -39,6 +39,8 @@ class Needs:
     reference: bool = False             # a frozen reference model (KL)
     groups: bool = False                # several samples per prompt
     differentiable_reward: bool = False  # gradients through the reward (reward backprop)
+    pairs: bool = False                 # trains on (winner, loser) pairs: one process pairs a rollout's groups
+    dataset: bool = False               # trains on a preference dataset (data.preferences) instead of rollouts
 
 
 class AlgorithmOptions(BaseModel):

@@ -66,8 +66,6 @@ steps of a 1-2-step-per-rollout schedule; vgrl counts rollouts (iterations).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -77,6 +75,7 @@ from torch import Tensor
 
 from vgrl.advantages import group_advantages
 from vgrl.algorithms._forward import Noised, NoisingOptions, denoising_error, noised
+from vgrl.algorithms._old_policy import OldPolicy
 from vgrl.algorithms.base import Algorithm, Needs
 from vgrl.types import Batch, RewardOutput, Trajectory
 
@@ -190,19 +189,6 @@ def nft_terms(pred: Tensor, old: Tensor, nz: Noised, x0: Tensor, p: Tensor, beta
     return per, e_pos.flatten(1).mean(dim=1), e_neg.flatten(1).mean(dim=1)
 
 
-@contextlib.contextmanager
-def _swapped(params: list[Tensor], tensors: list[Tensor]) -> Iterator[None]:
-    """Run with ``tensors`` as the data of ``params``; the parameters' own data comes back afterwards."""
-    current = [q.data for q in params]
-    try:
-        for q, t in zip(params, tensors):
-            q.data = t
-        yield
-    finally:
-        for q, c in zip(params, current):
-            q.data = c
-
-
 class NFT(Algorithm):
     """DiffusionNFT (arXiv 2509.16117); the maths is in the module docstring."""
 
@@ -211,12 +197,8 @@ class NFT(Algorithm):
 
     def __init__(self, options: NFTOptions, reward=None) -> None:
         super().__init__(options, reward)
-        self._snapshot: tuple[torch.nn.Module, list[Tensor]] | None = None
-        self._moved = False
+        self.old = OldPolicy(options.old_decay_rate, options.old_decay_max, options.old_decay_flat)
         self._stats: dict[str, float] = {}
-        self._old: list[Tensor] | None = None      # theta_old (lagging sampling policy only)
-        self._rollouts = 0                          # soft updates done: the i of eta_i
-        self._sampled: tuple[torch.nn.Module, list[Tensor]] | None = None  # theta_old of the last rollout
 
     @property
     def needs(self) -> Needs:
@@ -230,12 +212,11 @@ class NFT(Algorithm):
         o = self.options
         adv = group_advantages(reward.scores, group_ids, global_std=o.global_std, eps=o.eps)
         p = optimality(adv, o.adv_clip)
-        self._snapshot, self._moved = self._sampled, False  # None: snapshot at the first loss call
-        self._sampled = None
+        self.old.arm()
         self._stats = {"p_signal": (2 * p - 1).abs().mean().item(),
                        "p_saturated": ((p == 0) | (p == 1)).float().mean().item()}
         if o.old_decay_rate > 0:
-            self._stats["old_decay"] = self.eta(self._rollouts - 1)
+            self._stats["old_decay"] = self.old.eta(self.old.rollouts - 1)
         if o.dense_credit > 0:
             if reward.dense is None:
                 raise ValueError("nft dense_credit > 0 needs a reward that returns a dense map (e.g. "
@@ -262,34 +243,10 @@ class NFT(Algorithm):
                              "sampling.guidance_scale > 1 or guided: false")
         return traj.guidance_scale
 
-    def eta(self, i: int) -> float:
-        """Soft-update rate ``eta_i`` before rollout ``i`` (module docstring)."""
-        o = self.options
-        return min(o.old_decay_rate * max(i - o.old_decay_flat, 0), o.old_decay_max)
-
-    @contextlib.contextmanager
-    def sampling_policy(self, backbone) -> Iterator[None]:
+    def sampling_policy(self, backbone):
         """Soft-update ``theta_old`` towards the current weights and draw the rollout with it (rate > 0);
         the current weights otherwise."""
-        if self.options.old_decay_rate == 0:
-            yield
-            return
-        module, params = backbone.trainable(), _trained_params(backbone)
-        with torch.no_grad():
-            if self._old is None:
-                self._old = [q.detach().clone() for q in params]
-            else:
-                if len(self._old) != len(params):
-                    raise ValueError(f"nft: theta_old holds {len(self._old)} tensors, the trained module "
-                                     f"{len(params)}; was the checkpoint written for another model?")
-                self._old = [t.to(q.device) for t, q in zip(self._old, params)]  # a checkpoint loads on the CPU
-                eta = self.eta(self._rollouts)
-                for old, q in zip(self._old, params):
-                    old.mul_(eta).add_(q.detach(), alpha=1 - eta)
-        self._rollouts += 1
-        self._sampled = (module, self._old)
-        with _swapped(params, self._old):
-            yield
+        return self.old.sampling(backbone)
 
     def before_update(self, backbone, batch: Batch) -> Batch:
         """With the lagging sampling policy, ``theta_old``'s predictions at every loss unit's ``(x_t, t)`` for
@@ -298,30 +255,22 @@ class NFT(Algorithm):
         sample's draws are its own, so they are the same predictions). The trainer runs this in the training
         precision, as the loss. Without the lag (or before any rollout) the batch is returned as it is and the
         loss predicts lazily, exactly at the first minibatch."""
-        o = self.options
-        if o.old_decay_rate == 0 or self._snapshot is None:
+        if not self.old.precomputable:
             return batch
-        traj, params = batch.traj, _trained_params(backbone)
-        preds = [self._snapshot_prediction(backbone, params, noised(backbone, traj, k, o), traj).to(torch.float32)
-                 for k in self.units(batch)]
+        traj, w = batch.traj, self.guidance(batch.traj)
+        preds = [self.old.snapshot_prediction(backbone, nz.x_t, nz.t, traj.cond, w).to(torch.float32)
+                 for nz in (noised(backbone, traj, k, self.options) for k in self.units(batch))]
         return replace(batch, precomputed={**batch.precomputed, "old": torch.stack(preds, dim=1)})
 
     def state_dict(self) -> dict[str, Any]:
         """``theta_old`` and the rollout count (lagging sampling policy); empty otherwise."""
-        if self.options.old_decay_rate == 0:
-            return {}
-        return {"rollouts": self._rollouts, "old": None if self._old is None else [t.clone() for t in self._old]}
+        return self.old.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.options.old_decay_rate == 0:
             super().load_state_dict(state)
             return
-        if set(state) != {"rollouts", "old"}:
-            raise ValueError(f"nft with old_decay_rate > 0 resumes theta_old from the checkpoint (state keys "
-                             f"['old', 'rollouts']), which holds {sorted(state)}: was it written with "
-                             "old_decay_rate 0?")
-        self._rollouts = int(state["rollouts"])
-        self._old = None if state["old"] is None else [t.clone() for t in state["old"]]
+        self.old.load_state_dict(state)
 
     def loss(self, backbone, kernel, batch: Batch, step_idx: int, ref=None) -> tuple[Tensor, dict[str, float]]:
         """The NFT loss of minibatch ``batch`` at draw ``step_idx``; ``kernel`` is unused (no log-probs)."""
@@ -331,12 +280,13 @@ class NFT(Algorithm):
                              "prepare()")
         if self.needs.reference and ref is None:
             raise ValueError(f"nft with old_policy={o.old_policy!r} and kl={o.kl} needs a reference model (ref=)")
-        nz = noised(backbone, traj, step_idx, o)
+        nz, w = noised(backbone, traj, step_idx, o), self.guidance(traj)
         if "old" in batch.precomputed:  # before_update's batched theta_old predictions
             old = batch.precomputed["old"][:, step_idx]
+        elif o.old_policy == "rollout":  # None while the weights equal the rollout's: then old = sg(pred)
+            old = self.old.rollout_prediction(backbone, nz.x_t, nz.t, traj.cond, w)
         else:
-            old = self._rollout_prediction(backbone, nz, traj) if o.old_policy == "rollout" else None
-        w = self.guidance(traj)
+            old = None
         ref_pred = ref.predict(nz.x_t, nz.t, traj.cond, w) if self.needs.reference else None
         pred = backbone.predict(nz.x_t, nz.t, traj.cond, w)
         if old is None:
@@ -353,33 +303,6 @@ class NFT(Algorithm):
             loss = loss + o.kl * kl
             metrics["kl"] = kl.item()
         return loss, metrics
-
-    def _rollout_prediction(self, backbone, nz: Noised, traj: Trajectory) -> Tensor | None:
-        """The rollout weights' prediction, or None while the weights have not moved since the rollout
-        (then it equals the current prediction exactly and costs no extra forward pass)."""
-        params = _trained_params(backbone)
-        if self._snapshot is None:
-            self._snapshot = (backbone.trainable(), [q.detach().clone() for q in params])
-            return None
-        if not self._moved:
-            self._moved = not all(torch.equal(q, s) for q, s in zip(params, self._snapshot[1]))
-            if not self._moved:
-                return None
-        return self._snapshot_prediction(backbone, params, nz, traj)
-
-    def _snapshot_prediction(self, backbone, params: list[Tensor], nz: Noised, traj: Trajectory) -> Tensor:
-        """The snapshot weights' (rollout / ``theta_old``) prediction at ``nz``, without gradients."""
-        owner, saved = self._snapshot
-        if owner is not backbone.trainable():
-            raise ValueError("nft: the trained module changed since the rollout snapshot; call prepare() "
-                             "on each new batch")
-        with _swapped(params, saved), torch.no_grad():
-            return backbone.predict(nz.x_t, nz.t, traj.cond, self.guidance(traj))
-
-
-def _trained_params(backbone) -> list[Tensor]:
-    """The trained (``requires_grad``) parameters of the backbone's trainable module, in order."""
-    return [q for q in backbone.trainable().parameters() if q.requires_grad]
 
 
 COMPONENT = NFT

@@ -357,15 +357,14 @@ def dataset_for_run(cfg, algorithm, world: int) -> PreferenceDataset | None:
     """The validated preference dataset of an offline pairwise run (None otherwise), after checking the
     combination of algorithm, ``data.preferences``, ``log.save_rollouts`` and the number of processes
     ``world``; raises ``ValueError`` with one line naming the field."""
-    from vgrl.algorithms._pairs import is_offline, is_pairwise
-
     name = cfg.algorithm.name
     if cfg.log.save_rollouts and world > 1:
         raise ValueError("log.save_rollouts writes the samples of one process; run it with one process")
-    if is_pairwise(algorithm) and not is_offline(algorithm) and world > 1:
+    needs = algorithm.needs
+    if needs.pairs and not needs.dataset and world > 1:
         raise ValueError(f"algorithm {name!r} with mode 'online' pairs the samples of a rollout in one "
                          "process; run it with one process (or mode: offline)")
-    if not is_offline(algorithm):
+    if not needs.dataset:
         if cfg.data.preferences is not None:
             raise ValueError(f"data.preferences is read only by a pairwise algorithm with mode: offline "
                                 f"(diffusion_dpo, npo); algorithm {name!r} trains on rollouts: remove it or set "

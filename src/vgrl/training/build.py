@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,6 +20,18 @@ from vgrl.training.policy import PromptSampler, Reference, add_lora
 from vgrl.rollout import kernel_for, plan_from_config
 from vgrl.training.schedule import LRSchedule
 
+if TYPE_CHECKING:  # pragma: no cover
+    from diffusers.training_utils import EMAModel
+
+    from vgrl.algorithms.base import Algorithm
+    from vgrl.backbones.base import Backbone
+    from vgrl.data.preferences import PreferenceDataset
+    from vgrl.evaluation.monitor import HackingMonitor
+    from vgrl.evaluation.world_eval import WorldEvaluator
+    from vgrl.kernels.base import Kernel
+    from vgrl.rewards.base import Reward
+    from vgrl.rollout import StepPlan
+
 
 @dataclass
 class Run:
@@ -27,28 +39,27 @@ class Run:
 
     cfg: RunConfig
     dist: distributed.Dist
-    backbone: Any
-    kernel: Any
-    plan: Any
-    reward: Any
-    algorithm: Any
+    backbone: Backbone
+    kernel: Kernel
+    plan: StepPlan
+    reward: Reward
+    algorithm: Algorithm
     module: torch.nn.Module
     params: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
     ref: Reference | None
-    ema: Any
+    ema: EMAModel | None
     sampler: PromptSampler
     generators: dict[str, torch.Generator]
-    evaluator: Any
-    pairs: Any = None                  # the preference dataset of an offline pairwise run (data.preferences)
+    evaluator: WorldEvaluator | None
+    pairs: PreferenceDataset | None = None  # the preference dataset of an offline pairwise run (data.preferences)
     rollout_dir: Path | None = None    # log.save_rollouts: where each iteration's samples are written
-    monitor: Any = None                # eval.monitor: the reward-hacking monitor
+    monitor: HackingMonitor | None = None  # eval.monitor: the reward-hacking monitor
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # backbone.device, resolved
     precision: Precision = field(default_factory=Precision)                    # train.mixed_precision
     sampling_precision: Precision = field(default_factory=Precision)           # sampling.mixed_precision
     eval_precision: Precision = field(default_factory=Precision)               # eval.mixed_precision
-    schedule: LRSchedule = field(default_factory=LRSchedule)                    # the LR factor (its progress)
+    schedule: LRSchedule = field(default_factory=LRSchedule)   # the LR factor: the only writer of the LR
 
 
 def build(cfg: RunConfig) -> Run:
@@ -102,7 +113,6 @@ def build(cfg: RunConfig) -> Run:
     t = cfg.train
     optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
     schedule = LRSchedule(t.lr_schedule, t.warmup_iterations, t.lr_min_ratio)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step))  # a lambda: not saved
     ema = None
     if t.ema_decay is not None:
         from diffusers.training_utils import EMAModel
@@ -117,7 +127,7 @@ def build(cfg: RunConfig) -> Run:
         from vgrl.evaluation.monitor import HackingMonitor
 
         monitor = HackingMonitor(reward, cfg.eval.monitor.patience, cfg.eval.monitor.feature_resolution)
-    return Run(cfg, dist, backbone, kernel, plan, reward, algorithm, module, params, optimizer, scheduler, ref, ema,
+    return Run(cfg, dist, backbone, kernel, plan, reward, algorithm, module, params, optimizer, ref, ema,
                sampler, generators, evaluator, pairs=pairs, monitor=monitor, device=device, precision=precision,
                sampling_precision=sampling_precision, eval_precision=eval_precision, schedule=schedule)
 

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from vgrl.config import RunConfig, save_config
-from vgrl.training.policy import export_pipeline
+from vgrl.training.policy import ema_weights, export_pipeline
 from vgrl.rewards.base import NonFiniteRewardError
 from vgrl.rollout import make_seeds, rollout
 from vgrl.training.build import Run, build
@@ -236,17 +236,18 @@ def _category_means(scores: Tensor, metas, group_size: int) -> dict[str, float]:
 
 def prepare(run: Run, c: Collected, reward: RewardOutput, scores: Tensor) -> Batch:
     """``algorithm.prepare`` on the *global* batch (every process holds all prompts and, gathered, all
-    scores, so advantages, per-prompt statistics and algorithm state are the same on every process);
-    this process keeps its own rows. It runs on the CPU (rewards are moved there; the trajectory stays put)."""
+    scores and dense maps, so advantages, per-prompt statistics and algorithm state are the same on every
+    process, and ``prepare`` sees the same inputs with one process or many: the gathered scores and maps, not
+    the reward's per-process details); this process keeps its own rows. It runs on the CPU (rewards are moved there; the trajectory stays put)."""
     g = run.cfg.group_size
     prompts = [p for p in c.draw.texts for _ in range(g)]
     metadata = [m for m in c.draw.metas for _ in range(g)]
     group_ids = torch.arange(len(c.draw.texts)).repeat_interleave(g)
-    if run.dist.world == 1:
-        return run.algorithm.prepare(c.traj, reward.to("cpu"), group_ids, prompts, metadata)
     dense = None if reward.dense is None else run.dist.gather(reward.dense.detach().contiguous())
     full = run.algorithm.prepare(c.traj, RewardOutput(scores=scores, dense=dense).to("cpu"), group_ids, prompts,
                                  metadata)
+    if run.dist.world == 1:
+        return full
     rows = torch.arange(c.groups.start * g, c.groups.stop * g)
     pick = (lambda seq: None if seq is None else [seq[i] for i in rows.tolist()])
     return Batch(traj=c.traj, rewards=full.rewards[rows], adv=full.adv[rows], group_ids=full.group_ids[rows],
@@ -315,9 +316,10 @@ def optimizer_step(run: Run, counters: Counters, batch: Batch, minibatches: list
                                 "reward, or raise train.max_consecutive_skips")
         return {"skipped": 1.0}
     norm = torch.nn.utils.clip_grad_norm_(run.params, run.cfg.train.max_grad_norm or math.inf)
-    lr = run.optimizer.param_groups[0]["lr"]  # the LR of this step
+    lr = run.cfg.train.lr * run.schedule(counters.optimizer_steps)  # the LR of this step: its one writer
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
     run.precision.step(run.optimizer)
-    run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     if run.ema is not None:
         run.ema.step(run.params)
@@ -351,17 +353,11 @@ def evaluate(run: Run, counters: Counters, tracker, grid: str | None) -> dict | 
     result = None
     if run.dist.main:
         started = time.perf_counter()
-        if run.ema is not None:
-            run.ema.store(run.params)
-            run.ema.copy_to(run.params)
-        try:
+        with ema_weights(run.ema, run.params):
             with run.eval_precision.autocast():
                 res = run.evaluator.run(progress=run.cfg.log.progress,
                                         keep_images=len(run.evaluator.es.texts) if run.monitor else None)
             watch = _monitor(run, res) if run.monitor else {}
-        finally:
-            if run.ema is not None:
-                run.ema.restore(run.params)
         seconds = time.perf_counter() - started
         counters.eval_seconds += seconds
         result = {**res.as_dict(), **watch, "eval_seconds": seconds}
@@ -403,24 +399,16 @@ def export(run: Run, out: Path, counters: Counters, extra: dict | None = None) -
     meta.update(run.backbone.meta())
     meta.update(trained_by="vgrl train", algorithm=run.cfg.algorithm.name, iterations=counters.iteration,
                 images=counters.images, **(extra or {}))
-    if run.ema is not None:
-        run.ema.store(run.params)
-        run.ema.copy_to(run.params)
-    try:
+    with ema_weights(run.ema, run.params):
         return export_pipeline(run.backbone, out, meta)
-    finally:
-        if run.ema is not None:
-            run.ema.restore(run.params)
 
 
 def _apply_schedule(run: Run, counters: Counters) -> None:
-    """Set the LR of the next optimiser step from the fraction of the run's budget done so far
-    (:mod:`vgrl.training.schedule`); a pure function of the counters, so a resumed run sets the same LR."""
+    """Advance the LR schedule to the fraction of the run's budget done so far (:mod:`vgrl.training.schedule`); the
+    LR of each optimiser step is set from it right before the step, a pure function of the counters, so a resumed
+    run sets the same LR."""
     t = run.cfg.train
     run.schedule.progress = budget_fraction(counters.iteration, counters.wall_seconds, t.iterations, t.max_minutes)
-    factor = run.schedule(run.scheduler.last_epoch)
-    for group, base in zip(run.optimizer.param_groups, run.scheduler.base_lrs):
-        group["lr"] = base * factor
 
 
 def _finished(cfg: RunConfig, counters: Counters) -> bool:

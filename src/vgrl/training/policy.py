@@ -4,8 +4,10 @@ terms, and the prompt sampler. Small pieces the trainer composes; no loops here.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +86,21 @@ def export_pipeline(backbone: Backbone, out: str | Path, meta: dict | None = Non
     if meta is not None:
         (out / META_FILE).write_text(json.dumps(meta, indent=2))
     return out
+
+
+@contextlib.contextmanager
+def ema_weights(ema, params: list[nn.Parameter]) -> Iterator[None]:
+    """The EMA weights in place of the trained ``params`` inside the block, the trained ones back after it (also on
+    an exception); nothing is swapped when ``ema`` is None (a run without ``train.ema_decay``)."""
+    if ema is None:
+        yield
+        return
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        yield
+    finally:
+        ema.restore(params)
 
 
 class Reference:

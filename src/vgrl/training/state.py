@@ -35,7 +35,7 @@ class Counters:
 def save(run: Run, counters: Counters, before: dict | None, run_dir: Path) -> None:
     """Write a complete checkpoint (main process) of everything the next iteration depends on."""
     if run.dist.main:
-        state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+        state = {"optimizer": run.optimizer.state_dict(),
                  "algorithm": run.algorithm.state_dict(), "sampler": run.sampler.state_dict(),
                  "generators": {k: g.get_state() for k, g in run.generators.items()},
                  "torch_rng": torch.get_rng_state(), "counters": asdict(counters), "before": before,
@@ -57,7 +57,6 @@ def restore(run: Run, path: Path) -> tuple[Counters, dict | None]:
     load_trainable_state(run.module, ckpt.trainable)
     s = ckpt.state
     run.optimizer.load_state_dict(s["optimizer"])
-    run.scheduler.load_state_dict(s["scheduler"])
     run.algorithm.load_state_dict(s["algorithm"])
     run.sampler.load_state_dict(s["sampler"])
     for k, g in run.generators.items():
