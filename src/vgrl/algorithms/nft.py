@@ -69,16 +69,20 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import Field, model_validator
-from torch import Tensor
 
+from vgrl._lazy import lazy
 from vgrl.advantages import group_advantages
 from vgrl.algorithms._forward import Noised, NoisingOptions, denoising_error, noised
 from vgrl.algorithms.base import Algorithm, Needs
 from vgrl.types import Batch, RewardOutput, Trajectory
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 MIN_WEIGHT = 1e-5  # floor of the adaptive weight, as the paper's code
 
