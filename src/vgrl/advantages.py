@@ -14,9 +14,14 @@ each prompt's recent rewards instead (:class:`PerPromptStatTracker`).
 from __future__ import annotations
 
 from collections import deque
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+from vgrl._lazy import lazy
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 
 def _check(rewards: Tensor, group_ids: Tensor) -> None:

@@ -67,12 +67,19 @@ def summary_lines(cfg) -> list[str]:
     return lines
 
 
-def _load(args: argparse.Namespace):
-    """The validated config, or ``None`` after printing the errors to stderr."""
+def _load(args: argparse.Namespace, training: bool | None = False):
+    """The validated config, or ``None`` after printing the errors to stderr. ``training``: also what ``vgrl
+    train`` checks at build time; None: when the config names an algorithm (a ``vgrl sample`` config does not)."""
     from vgrl.config import ConfigError, load_config
 
     try:
-        return load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides)
+        if training is None:
+            training = "algorithm" in cfg.model_fields_set
+        problems = cfg.training_problems() if training else []
+        if problems:
+            raise ConfigError(problems, args.config)
+        return cfg
     except ConfigError as e:
         print(f"error: {e.file or args.config}", file=sys.stderr)
         for message in e.messages:
@@ -82,7 +89,7 @@ def _load(args: argparse.Namespace):
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check a config (and overrides) without loading any model; print a summary."""
-    cfg = _load(args)
+    cfg = _load(args, training=None)
     if cfg is None:
         return EXIT_CONFIG
     if args.print_config:  # stays valid YAML: the OK line is a comment
@@ -112,7 +119,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Post-train a generator per a config; write the run folder (metrics, checkpoints, report)."""
-    cfg = _load(args)
+    cfg = _load(args, training=True)
     if cfg is None:
         return EXIT_CONFIG
     from vgrl.training.loop import TrainingError, train  # heavy: torch, diffusers

@@ -15,13 +15,20 @@ recorded log-probabilities exactly in fp32 on CPU.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
 
-from vgrl.backbones.base import Backbone, seeded
+from vgrl._lazy import lazy, lazy_function, no_grad
 from vgrl.kernels.base import Kernel
 from vgrl.types import Cond, Trajectory, Transition
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from vgrl.backbones.base import Backbone
+
+torch = lazy("torch")
+seeded = lazy_function("vgrl.backbones.base", "seeded")
 
 
 @dataclass(frozen=True)
@@ -90,7 +97,7 @@ def make_seeds(batch: int, generator: torch.Generator | None = None) -> Tensor:
     return torch.randint(0, 2**62, (batch,), generator=generator, dtype=torch.int64)
 
 
-@torch.no_grad()
+@no_grad
 def rollout(backbone: Backbone, kernel: Kernel, cond: Cond, num_steps: int, plan: StepPlan,
             generator: torch.Generator | None = None, *, seeds: Tensor | None = None,
             guidance_scale: float = 1.0) -> Trajectory:

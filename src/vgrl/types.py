@@ -8,10 +8,14 @@ backbone's working space: ``(C, H, W)`` for images, ``(F, C, H, W)`` for videos,
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+from vgrl._lazy import lazy
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 
 class DeterministicKernelError(RuntimeError):
@@ -143,7 +147,7 @@ class Trajectory:
 
     def index(self, idx: Tensor | slice | list[int]) -> Trajectory:
         """The sub-trajectory of samples ``idx`` (batch rows; an index tensor may be on any device)."""
-        cpu_idx = idx.cpu() if isinstance(idx, Tensor) else idx  # seeds stay on the CPU
+        cpu_idx = idx.cpu() if isinstance(idx, torch.Tensor) else idx  # seeds stay on the CPU
         return replace(self, x_t=self.x_t[idx], x_next=self.x_next[idx], t=self.t[idx],
                        s=self.s[idx], log_prob=self.log_prob[idx], x0=self.x0[idx],
                        seeds=self.seeds[cpu_idx], cond=self.cond.index(idx))

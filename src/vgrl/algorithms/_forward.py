@@ -30,14 +30,18 @@ are copied to ``x0``'s device (:func:`noise`), so they are the same on CPU and G
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
-from torch import Tensor
 
+from vgrl._lazy import lazy
 from vgrl.algorithms.base import AlgorithmOptions
 from vgrl.types import Batch, Trajectory
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 _MASK64 = (1 << 64) - 1
 STREAM = 0x666F7277617264  # "forward": the forward-process noise stream

@@ -20,15 +20,19 @@ the trainer encodes the images with the backbone's autoencoder (:func:`offline_b
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import Field
-from torch import Tensor
 
+from vgrl._lazy import lazy
 from vgrl.algorithms._forward import NoisingOptions, unit_seed
 from vgrl.algorithms.base import Algorithm, Needs
 from vgrl.types import Batch, Cond, RewardOutput, Trajectory
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 
 class PairOptions(NoisingOptions):

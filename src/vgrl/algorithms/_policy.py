@@ -14,11 +14,17 @@ weights) up to the reduction: it is averaged over the non-batch dimensions, as t
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
+
+from vgrl._lazy import lazy
 from vgrl.rollout import recompute_log_prob
 from vgrl.types import Trajectory, Transition
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 
 def recorded_column(traj: Trajectory, step_idx: int) -> int:

@@ -22,12 +22,14 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
-from torch import Tensor
 
 from vgrl.types import Batch, RewardOutput, Trajectory
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,15 @@ class Algorithm(ABC):
     @property
     @abstractmethod
     def needs(self) -> Needs:
-        """Requirements under these options (e.g. a reference model only when the KL weight > 0)."""
+        """Requirements under these options (e.g. a reference model only when the KL weight > 0); reads
+        ``self.options`` only, so that :meth:`needs_for` can answer before the algorithm is built."""
+
+    @classmethod
+    def needs_for(cls, options: AlgorithmOptions) -> Needs:
+        """:attr:`needs` under ``options`` without building the algorithm (``vgrl validate`` checks them)."""
+        unbuilt = cls.__new__(cls)
+        unbuilt.options = options
+        return unbuilt.needs
 
     @abstractmethod
     def prepare(self, traj: Trajectory, reward: RewardOutput, group_ids: Tensor,

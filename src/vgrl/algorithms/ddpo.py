@@ -23,17 +23,21 @@ checkpoints, so a resumed run computes the same advantages as an uninterrupted o
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import Field, model_validator
-from torch import Tensor
 
+from vgrl._lazy import lazy
 from vgrl.advantages import PerPromptStatTracker, group_advantages
 from vgrl.algorithms._policy import clipped_policy_loss, recorded_column
 from vgrl.algorithms.base import Algorithm, AlgorithmOptions, Needs
 from vgrl.rollout import recompute_log_prob
 from vgrl.types import Batch, RewardOutput, Trajectory
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 
 class DDPOOptions(AlgorithmOptions):

@@ -32,13 +32,19 @@ comparison concentrates on the pixels where either sample has local evidence.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from typing import TYPE_CHECKING
 
+
+from vgrl._lazy import lazy
 from vgrl.algorithms._forward import denoising_error, draw, noise
 from vgrl.algorithms._pairs import PairOptions, PairwiseAlgorithm
 from vgrl.types import Batch, Cond, Trajectory
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
 
 
 class DPOOptions(PairOptions):

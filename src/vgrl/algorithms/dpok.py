@@ -22,16 +22,18 @@ so its ``(alpha, beta)`` correspond to ``beta / alpha`` here with ``normalize: n
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
-from torch import Tensor
 
 from vgrl.advantages import normalized_rewards
 from vgrl.algorithms._policy import clipped_policy_loss, recorded_column, reference_kl
 from vgrl.algorithms.base import Algorithm, AlgorithmOptions, Needs
 from vgrl.rollout import recompute_log_prob
 from vgrl.types import Batch, RewardOutput, Trajectory
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class DPOKOptions(AlgorithmOptions):

@@ -14,16 +14,18 @@ The SDE-window ("Fast", MixGRPO) variants are step plans (``StepPlan.window``), 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
-from torch import Tensor
 
 from vgrl.advantages import group_advantages
 from vgrl.algorithms._policy import clipped_policy_loss, recorded_column, reference_kl
 from vgrl.algorithms.base import Algorithm, AlgorithmOptions, Needs
 from vgrl.rollout import recompute_log_prob
 from vgrl.types import Batch, RewardOutput, Trajectory
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class FlowGRPOOptions(AlgorithmOptions):

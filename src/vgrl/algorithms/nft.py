@@ -67,17 +67,21 @@ steps of a 1-2-step-per-rollout schedule; vgrl counts rollouts (iterations).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import Field, model_validator
-from torch import Tensor
 
+from vgrl._lazy import lazy
 from vgrl.advantages import group_advantages
 from vgrl.algorithms._forward import Noised, NoisingOptions, denoising_error, noised
 from vgrl.algorithms._old_policy import OldPolicy
 from vgrl.algorithms.base import Algorithm, Needs
 from vgrl.types import Batch, RewardOutput, Trajectory
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 MIN_WEIGHT = 1e-5  # floor of the adaptive weight, as the paper's code
 

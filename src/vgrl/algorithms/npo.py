@@ -29,14 +29,16 @@ can be given as ``--model``, so a DPO-trained model with an NPO negative model w
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
-from torch import Tensor
 
 from vgrl.algorithms._pairs import PairOptions, PairwiseAlgorithm, unconditional
 from vgrl.algorithms.diffusion_dpo import preference_loss
 from vgrl.types import Batch, Cond
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class NPOOptions(PairOptions):

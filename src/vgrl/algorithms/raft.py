@@ -21,15 +21,19 @@ Dropped samples are not run through the network, so their gradient is exactly ze
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import Field, model_validator
-from torch import Tensor
 
+from vgrl._lazy import lazy
 from vgrl.algorithms._forward import RegressionOptions, weighted_denoising_loss
 from vgrl.algorithms.base import Algorithm, Needs
 from vgrl.types import Batch, RewardOutput, Trajectory
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 
 class RAFTOptions(RegressionOptions):

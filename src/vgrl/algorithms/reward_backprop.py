@@ -28,18 +28,24 @@ seeds and the weights.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import Field, model_validator
-from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
+from vgrl._lazy import lazy, lazy_function
 from vgrl.algorithms.base import Algorithm, AlgorithmOptions, Needs
-from vgrl.backbones.base import Backbone, seeded
 from vgrl.kernels.base import Kernel, flow_estimates, per_sample
 from vgrl.kernels.ddim import ddim_terms
 from vgrl.types import Batch, RewardOutput, Trajectory
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from vgrl.backbones.base import Backbone
+
+torch = lazy("torch")
+checkpoint = lazy_function("torch.utils.checkpoint", "checkpoint")
+seeded = lazy_function("vgrl.backbones.base", "seeded")
 
 REFL_SALT = 0x5EF1  # xored into a sample's seed for its ReFL stop step (independent of its noise stream)
 

@@ -27,16 +27,20 @@ trained sample's prediction towards ``(target + kl ref) / (1 + kl)``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import Field
-from torch import Tensor
 
+from vgrl._lazy import lazy
 from vgrl.advantages import normalized_rewards
 from vgrl.algorithms._forward import RegressionOptions, weighted_denoising_loss
 from vgrl.algorithms.base import Algorithm, Needs
 from vgrl.types import Batch, RewardOutput, Trajectory
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 
 class RWROptions(RegressionOptions):

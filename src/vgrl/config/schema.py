@@ -309,6 +309,38 @@ class RunConfig(BaseModel):
         return {"train": train, "sampling": self.sampling.mixed_precision or train,
                 "eval": self.eval.mixed_precision or train}
 
+    def training_problems(self) -> list[str]:
+        """What ``vgrl train`` checks when it builds the run, torch-free: a built-in algorithm's ``needs`` against
+        the kernel, the reward, the group size, the reference model and the precisions (``check_compatible``).
+        One line per problem, led by the field. Not part of validation: ``vgrl sample`` has no algorithm."""
+        needs, name = self.algorithm.needs, self.algorithm.name
+        if needs is None:  # out-of-tree algorithm: checked when the run is built
+            return []
+        problems: list[tuple[tuple, str]] = []
+        kernel = self.kernel.name
+        if (needs.step_log_probs or needs.stochastic_kernel) and not registry.is_external(kernel) \
+                and not registry.resolve("kernels", kernel).stochastic:
+            problems.append((("kernel", "name"), f"algorithm {name!r} needs per-step log-probabilities, but kernel "
+                                                 f"{kernel!r} is deterministic; valid: a stochastic kernel (ddim, "
+                                                 "flow_sde, dance_sde, cps)"))
+        if needs.differentiable_reward and self.reward.differentiable is False:
+            problems.append((("reward", "name"), f"algorithm {name!r} back-propagates through the reward, but reward "
+                                                 f"{self.reward.name!r} is not differentiable; valid: a differentiable "
+                                                 "reward, or a likelihood-ratio algorithm"))
+        if needs.groups and self.group_size < 2:
+            problems.append((("group_size",), f"algorithm {name!r} compares the samples of a prompt group; valid: "
+                                              f">= 2, got {self.group_size}"))
+        if needs.reference and self.train.reference == "none":
+            problems.append((("train", "reference"), f"'none' but algorithm {name!r} with these options needs a "
+                                                     "reference model (a KL term); valid: 'auto'"))
+        modes = self.precisions()
+        if needs.step_log_probs and modes["sampling"] != modes["train"]:
+            problems.append((("sampling", "mixed_precision"), f"{modes['sampling']!r} differs from "
+                                                              f"train.mixed_precision {modes['train']!r}, but {name!r} "
+                                                              "recomputes the rollout's log-probs in training precision "
+                                                              "(the importance ratio would not start at 1); valid: null"))
+        return [f"{_dotted(loc)}: {msg}" for loc, msg in problems]
+
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
         problems: list[tuple[tuple, str]] = []

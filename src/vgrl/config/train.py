@@ -1,9 +1,12 @@
 """Config sections of a training run: data, reward, algorithm, optimisation, evaluation and logging.
 
-Torch-free like the rest of :mod:`vgrl.config`. Reward and algorithm *names* are checked here (the
-registry finds them without importing them); their options are validated by the component's own
-``Options`` model when ``vgrl train`` builds the run, before any model is loaded, and errors there
-name the field as ``reward.<option>`` / ``algorithm.<option>``.
+Torch-free like the rest of :mod:`vgrl.config`. Reward and algorithm names are checked here, and so are
+the options of a built-in one, by the component's own ``Options`` model (``Reward.check_config``: nested
+specs of ``compose`` / ``win_rate`` too): a component module imports torch lazily, inside its functions
+(:mod:`vgrl._lazy`), so importing it for its options costs milliseconds. Errors name the field as
+``reward.<option>`` / ``algorithm.<option>``. An out-of-tree ``package.module:Class`` component is not
+imported here (its module may import torch at its top): its options are checked when ``vgrl train``
+builds it.
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_serializer, model_validator)
+
+from vgrl import registry
 
 _MODEL = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 BUILTIN_WORLDS = ("shapes",)
@@ -42,6 +48,7 @@ class _Named(BaseModel):
 
     name: str
     opts: dict[str, Any] = Field(default_factory=dict, repr=False, description="internal: the options")
+    _checked: Any = PrivateAttr(None)  # what the component's check returned (None: not checked, out of tree)
 
     @field_validator("name")
     @classmethod
@@ -58,6 +65,27 @@ class _Named(BaseModel):
             out["name"] = data["name"]
         return out
 
+    @model_validator(mode="after")
+    def _check_options(self) -> _Named:
+        """Validate the options of a built-in component by its own ``Options`` (torch-free imports)."""
+        from vgrl.config.schema import _describe, _fail
+
+        if self.registry_kind is None or registry.is_external(self.name):
+            return self
+        cls = registry.resolve(self.registry_kind, self.name)
+        try:
+            self._checked = self.check(cls)
+        except ValidationError as e:
+            valid = sorted(cls.Options.model_fields)
+            owner = f" for {self.registry_kind[:-1]} {self.name!r}"
+            _fail([(tuple(err["loc"]), _describe(err, valid if len(err["loc"]) == 1 else None, "option", owner))
+                   for err in e.errors()])
+        return self
+
+    def check(self, cls: type) -> Any:
+        """Validate ``opts`` with component class ``cls``; raises pydantic's ``ValidationError``."""
+        return cls.Options.model_validate(self.opts)
+
     @model_serializer(mode="plain")
     def _flat(self) -> dict[str, Any]:
         return {"name": self.name, **self.opts}
@@ -72,12 +100,28 @@ class RewardConfig(_Named):
     registry_kind: ClassVar[str] = "rewards"
     name: str = Field("shapes_checker", description="reward registry name or package.module:Class")
 
+    def check(self, cls: type) -> bool:
+        return cls.check_config(self.opts)
+
+    @property
+    def differentiable(self) -> bool | None:
+        """Whether the configured reward is differentiable (None: out of tree, known once built)."""
+        return self._checked
+
 
 class AlgorithmConfig(_Named):
     """The post-training algorithm: ``{name: flow_grpo, clip_range: 1e-4, beta: 0.0}``."""
 
     registry_kind: ClassVar[str] = "algorithms"
     name: str = Field("flow_grpo", description="algorithm registry name or package.module:Class")
+
+    def check(self, cls: type) -> Any:
+        return cls.needs_for(cls.Options.model_validate(self.opts))
+
+    @property
+    def needs(self) -> Any:
+        """The configured algorithm's ``Needs`` (None: out of tree, known once built)."""
+        return self._checked
 
 
 class DataConfig(BaseModel):

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import Tensor
 
+from vgrl._lazy import lazy
 from vgrl.kernels.options import KernelOptions
 from vgrl.types import Transition
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 PREDICTIONS = ("epsilon", "v", "flow")
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)

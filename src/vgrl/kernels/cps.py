@@ -22,11 +22,14 @@ Log-density: the exact Gaussian one. Flow-GRPO's code uses the surrogate ``-(x_n
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-from torch import Tensor
 
 from vgrl.kernels.base import FlowKernel, flow_estimates
 from vgrl.kernels.options import CPSOptions
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class CPS(FlowKernel):

@@ -16,11 +16,17 @@ As ``eta -> 0`` the step is the Euler ODE step ``x_t + dt v``. Checked against `
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
+
+from vgrl._lazy import lazy
 from vgrl.kernels.base import FlowKernel, flow_estimates
 from vgrl.kernels.options import DanceSDEOptions
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 
 class DanceSDE(FlowKernel):

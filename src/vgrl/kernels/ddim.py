@@ -23,14 +23,18 @@ Diffusion's and DDPO's setting) or step it with ``ode()``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
 
+from vgrl._lazy import lazy
 from vgrl.kernels.base import Kernel, batch_times, gaussian_step, per_sample, require_noise
 from vgrl.kernels.options import DDIMOptions
 from vgrl.types import Transition
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 
 def check_scheduler(scheduler: Any, kernel: str) -> Any:

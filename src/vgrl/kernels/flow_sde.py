@@ -16,11 +16,17 @@ Checked against ``sde_step_with_logprob`` (sde_type "sde") in yifan123/flow_grpo
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
+
+from vgrl._lazy import lazy
 from vgrl.kernels.base import FlowKernel
 from vgrl.kernels.options import FlowSDEOptions
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 
 class FlowSDE(FlowKernel):

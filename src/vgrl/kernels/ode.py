@@ -13,15 +13,19 @@ A transition of this kernel has no density: reading its ``.log_prob`` raises
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
 
+from vgrl._lazy import lazy
 from vgrl.kernels.base import Kernel, deterministic_step, flow_times, per_sample
 from vgrl.kernels.ddim import check_scheduler, ddim_mean, ddim_terms
 from vgrl.kernels.options import ODEOptions
 from vgrl.types import Transition
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 
 class ODE(Kernel):

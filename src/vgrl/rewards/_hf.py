@@ -16,15 +16,21 @@ uint8 rounding and PIL's bicubic kernel: after normalisation, at most 0.04 on sm
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Iterator, Literal
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from vgrl._lazy import lazy, no_grad
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
+nn = lazy("torch.nn")
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -180,7 +186,7 @@ class ClipEncoder:
         pooled = model.vision_model(pixel_values=self.spec(images)).pooler_output
         return model.visual_projection(pooled)
 
-    @torch.no_grad()
+    @no_grad
     def text_embeds(self, prompts: list[str], device: torch.device) -> Tensor:
         """``(B, D)`` projected (unnormalised) text embeddings, padded/truncated to the model's length."""
         tok = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.max_length,
@@ -197,18 +203,24 @@ class ClipEncoder:
 
 
 # -------------------------------------------------------------------------------------- MLP head
-class PreferenceMLP(nn.Module):
-    """The 5-layer linear MLP of the LAION aesthetic predictor v2 and of ImageReward (no activations,
-    dropout between layers; state-dict keys ``layers.{0,2,4,6,7}``): ``d -> 1024 -> 128 -> 64 -> 16 -> 1``."""
+@functools.cache
+def preference_mlp() -> type:
+    """:class:`PreferenceMLP`, defined at its first use: it subclasses ``torch.nn.Module``, and importing this module
+    (``vgrl validate`` reads the reward's options) must not import torch."""
 
-    def __init__(self, input_size: int) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(nn.Linear(input_size, 1024), nn.Dropout(0.2), nn.Linear(1024, 128),
-                                    nn.Dropout(0.2), nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16),
-                                    nn.Linear(16, 1))
+    class PreferenceMLP(nn.Module):
+        """The 5-layer linear MLP of the LAION aesthetic predictor v2 and of ImageReward (no activations,
+        dropout between layers; state-dict keys ``layers.{0,2,4,6,7}``): ``d -> 1024 -> 128 -> 64 -> 16 -> 1``."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.layers(x).squeeze(-1)
+        def __init__(self, input_size: int) -> None:
+            super().__init__()
+            self.layers = nn.Sequential(nn.Linear(input_size, 1024), nn.Dropout(0.2), nn.Linear(1024, 128),
+                                        nn.Dropout(0.2), nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16),
+                                        nn.Linear(16, 1))
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.layers(x).squeeze(-1)
+    return PreferenceMLP
 
 
 def load_state(who: str, file: str | Path) -> dict[str, Tensor]:
@@ -233,7 +245,7 @@ def load_state(who: str, file: str | Path) -> dict[str, Tensor]:
 
 def load_mlp(who: str, file: str | Path, input_size: int) -> PreferenceMLP:
     """A frozen :class:`PreferenceMLP` of ``input_size`` from ``file``; errors name the file and the keys."""
-    mlp = PreferenceMLP(input_size)
+    mlp = preference_mlp()(input_size)
     state = {k.removeprefix("mlp."): v.float() for k, v in load_state(who, file).items()}
     try:
         mlp.load_state_dict(state)
@@ -241,3 +253,10 @@ def load_mlp(who: str, file: str | Path, input_size: int) -> PreferenceMLP:
         raise ValueError(f"reward {who!r}: {file} does not hold a {input_size}-input preference MLP "
                          f"(keys layers.{{0,2,4,6,7}}.weight/bias): {e}") from None
     return mlp.eval().requires_grad_(False)
+
+
+def __getattr__(name: str) -> Any:
+    """``PreferenceMLP`` of this module (PEP 562), defined at its first use by :func:`preference_mlp`."""
+    if name == "PreferenceMLP":
+        return preference_mlp()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,16 +16,20 @@ pixels. The prompt is ignored.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch.nn.functional as F
 from pydantic import Field
-from torch import Tensor
 
+from vgrl._lazy import lazy
 from vgrl.rewards._hf import (ImageSpec, ResizeMode, load_frozen, load_mlp, quiet_transformers, read_config,
                               require_files, require_safetensors)
 from vgrl.rewards.base import Reward, RewardOptions
 from vgrl.types import RewardOutput
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+F = lazy("torch.nn.functional")
 
 HINT = " (download openai/clip-vit-large-patch14 and sac+logos+ava1-l14-linearMSE.pth; see docs/rewards/learned.md)"
 

@@ -20,13 +20,17 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict
-from torch import Tensor
 
+from vgrl._lazy import lazy
 from vgrl.types import RewardOutput
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 Granularity = Literal["pointwise", "groupwise", "dense"]
 GRANULARITIES = ("pointwise", "groupwise", "dense")
@@ -82,6 +86,14 @@ class Reward(ABC):
         """Build from a config section's options (``reward: {name: ..., **options}``); rewards that take
         built objects (``compose``, ``win_rate``) override this to build them from their specs."""
         return cls(**options)
+
+    @classmethod
+    def check_config(cls, options: dict[str, Any]) -> bool:
+        """Check a config section's options as :meth:`from_config` would, without building the reward (no model
+        loaded, no torch imported: ``vgrl validate``); raises pydantic's ``ValidationError`` whose locations
+        name the options. Returns whether the reward so configured is differentiable."""
+        cls.Options.model_validate(options)
+        return cls.differentiable
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.model_dump().items())
@@ -140,7 +152,7 @@ def check_inputs(images: Any, prompts: Any, metadata: Any) -> tuple[list[str], l
 
     Raises :class:`RewardInputError` (a ``ValueError``) or ``TypeError`` naming the argument.
     """
-    if not isinstance(images, Tensor):
+    if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
     if not images.is_floating_point():
         raise TypeError(f"images must be a floating-point tensor with values in [0, 1], got {images.dtype}")

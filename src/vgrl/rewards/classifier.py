@@ -28,15 +28,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
-from torch import Tensor, nn
 
+from vgrl._lazy import lazy
 from vgrl.rewards.base import Reward, RewardInputError, RewardOptions
 from vgrl.types import RewardOutput
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
+nn = lazy("torch.nn")
 
 NUM_CLASSES = 1000
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -17,15 +17,19 @@ mode the gradient is zero wherever ``c < 0`` (the clamp).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
 from pydantic import Field
-from torch import Tensor
 
+from vgrl._lazy import lazy
 from vgrl.rewards._hf import ClipEncoder, ResizeMode
 from vgrl.rewards.base import Reward, RewardOptions
 from vgrl.types import RewardOutput
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 
 class ClipScoreOptions(RewardOptions):

@@ -25,15 +25,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, NoReturn
 
-import torch
 from pydantic import Field, ValidationError
-from torch import Tensor
+from pydantic_core import PydanticCustomError
 
+from vgrl._lazy import lazy
 from vgrl import registry
 from vgrl.rewards.base import Reward, RewardOptions
 from vgrl.types import RewardOutput
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 _SPEC_KEYS = ("name", "weight", "options", "label")
 _RESERVED = ("total",)
@@ -123,6 +128,46 @@ def reward_from_spec(item: Any, where: str, keys: Sequence[str] = ("name", "opti
         raise ValueError(f"invalid options for reward {name!r}: {problems}") from e
 
 
+def _invalid(loc: tuple, message: str, value: Any) -> NoReturn:
+    raise ValidationError.from_exception_data("reward options", [
+        {"type": PydanticCustomError("reward_spec", "{message}", {"message": message}), "loc": loc, "input": value}])
+
+
+def check_spec(item: Any, loc: tuple, keys: Sequence[str] = ("name", "options")) -> bool:
+    """Check one reward spec ``{"name": NAME, "options": {...}}`` as :func:`reward_from_spec` reads it, without
+    building the reward; raises a ``ValidationError`` located under ``loc``. Returns whether it is differentiable.
+
+    An out-of-tree ``"pkg.mod:Class"`` reward is not imported here (only when the run is built)."""
+    if item is None:
+        _invalid(loc, f"missing; give a mapping with keys {', '.join(keys)}", item)
+    if not isinstance(item, Mapping):
+        _invalid(loc, f"expected a mapping with keys {', '.join(keys)}, got {type(item).__name__}", item)
+    for key in sorted(set(item) - set(keys), key=str):
+        _invalid(loc + (key,), f"unknown field {key!r}; valid: {', '.join(keys)}", item[key])
+    name = item.get("name")
+    if not isinstance(name, str):
+        _invalid(loc + ("name",), f"a reward name is required; valid: {', '.join(registry.available('rewards'))}",
+                 name)
+    if name == Compose.name:
+        _invalid(loc + ("name",), "'compose' cannot be nested through a spec", name)
+    opts = item.get("options", {})
+    if not isinstance(opts, Mapping):
+        _invalid(loc + ("options",), f"expected a mapping of options, got {type(opts).__name__}", opts)
+    try:
+        registry.check_name("rewards", name)
+    except registry.RegistryError as e:
+        _invalid(loc + ("name",), str(e), name)
+    if registry.is_external(name):
+        return False  # not imported before the run is built (it may import torch at its top)
+    reward_cls = registry.resolve("rewards", name)
+    try:
+        return reward_cls.check_config(dict(opts))
+    except ValidationError as e:
+        raise ValidationError.from_exception_data(e.title, [
+            {"type": err["type"], "loc": loc + ("options",) + tuple(err["loc"]), "input": err["input"],
+             **({"ctx": err["ctx"]} if "ctx" in err else {})} for err in e.errors()]) from None
+
+
 class Compose(Reward):
     """``sum_k w_k r_k`` (optionally standardised; see the module docstring for the maths).
 
@@ -163,6 +208,17 @@ class Compose(Reward):
         if "terms" not in options:
             raise ValueError("compose needs 'terms': a list of {name, weight, options, label} (docs/rewards/compose.md)")
         return cls.from_spec(options.pop("terms"), **options)
+
+    @classmethod
+    def check_config(cls, options: dict[str, Any]) -> bool:
+        """:meth:`from_config`'s checks without building the terms; differentiable when every term is."""
+        options = dict(options)
+        spec = options.pop("terms", None)
+        if isinstance(spec, (str, Mapping)) or not isinstance(spec, Sequence) or len(spec) == 0:
+            _invalid(("terms",), f"a non-empty list of mappings with keys {', '.join(_SPEC_KEYS)} is required "
+                                 "(docs/rewards/compose.md)", spec)
+        cls.Options.model_validate(options)
+        return all([check_spec(item, ("terms", i), _SPEC_KEYS) for i, item in enumerate(spec)])
 
     @classmethod
     def from_spec(cls, spec: Sequence[Mapping[str, Any]], **options: Any) -> Compose:

@@ -30,15 +30,19 @@ meaningful change), so combine it with a quality reward (``compose``) rather tha
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from pydantic import Field
-from torch import Tensor
 
+from vgrl._lazy import lazy
 from vgrl.rewards.base import Reward, RewardInputError, RewardOptions
 from vgrl.rewards.classifier import Normalise, efficientnet_features
 from vgrl.types import RewardOutput
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 
 class DiversityOptions(RewardOptions):

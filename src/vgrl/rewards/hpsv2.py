@@ -30,14 +30,16 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
-from torch import Tensor
 
 from vgrl.rewards._hf import ClipEncoder, ResizeMode, load_state, quiet_transformers, read_config, require_files
 from vgrl.rewards.base import Reward, RewardOptions
 from vgrl.types import RewardOutput
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
                    "preprocessor_config.json")

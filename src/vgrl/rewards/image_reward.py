@@ -36,16 +36,20 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from pydantic import Field
-from torch import Tensor
 
+from vgrl._lazy import lazy
 from vgrl.rewards._hf import (ImageSpec, load_frozen, load_mlp, load_state, quiet_transformers, require_files,
                               require_safetensors)
 from vgrl.rewards.base import Reward, RewardOptions
 from vgrl.types import RewardOutput
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 MEAN, STD, MAX_LENGTH = 0.16717362830052426, 1.0333394966054072, 35
 VISION, TEXT, HEAD, META = "vision_model", "text_encoder", "head.safetensors", "image_reward.json"

@@ -13,15 +13,19 @@ gradient (quantisation and entropy coding are piecewise constant).
 from __future__ import annotations
 
 import io
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
 from PIL import Image
 from pydantic import Field
-from torch import Tensor
 
+from vgrl._lazy import lazy
 from vgrl.rewards.base import Reward, RewardOptions
 from vgrl.types import RewardOutput
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 
 class JpegOptions(RewardOptions):

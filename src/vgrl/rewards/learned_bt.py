@@ -19,19 +19,25 @@ in the pixels. Hash collisions and word order are ignored: the text pathway is d
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
-from torch import Tensor, nn
 
+from vgrl._lazy import lazy
 from vgrl.rewards.base import Reward, RewardOptions
 from vgrl.types import RewardOutput
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
+nn = lazy("torch.nn")
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 _WORD = re.compile(r"[a-z0-9]+")
@@ -58,26 +64,32 @@ def resize(images: Tensor, resolution: int) -> Tensor:
     return x
 
 
-class BTRewardNet(nn.Module):
-    """``(images (B, 3, H, W) in [0, 1], prompts) -> (B,)`` reward logits; see the module docstring."""
+@functools.cache
+def bt_reward_net() -> type:
+    """:class:`BTRewardNet`, defined at its first use: it subclasses ``torch.nn.Module``, and importing this module
+    (``vgrl validate`` reads the reward's options) must not import torch."""
 
-    def __init__(self, width: int = 32, hidden: int = 64, buckets: int = 1024, resolution: int = 32,
-                 text: bool = True) -> None:
-        super().__init__()
-        self.config = dict(width=width, hidden=hidden, buckets=buckets, resolution=resolution, text=text)
-        w, d = width, 2 * width
-        self.trunk = nn.Sequential(nn.Conv2d(3, w, 3, 1, 1), nn.SiLU(), nn.Conv2d(w, d, 3, 2, 1), nn.SiLU(),
-                                   nn.Conv2d(d, d, 3, 2, 1), nn.SiLU(), nn.Conv2d(d, d, 3, 2, 1), nn.SiLU())
-        self.words = nn.EmbeddingBag(buckets, d, mode="mean") if text else None
-        self.head = nn.Sequential(nn.Linear(2 * d if text else d, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+    class BTRewardNet(nn.Module):
+        """``(images (B, 3, H, W) in [0, 1], prompts) -> (B,)`` reward logits; see the module docstring."""
 
-    def forward(self, images: Tensor, prompts: list[str]) -> Tensor:
-        f = self.trunk(resize(images, self.config["resolution"]) * 2 - 1).mean((2, 3))
-        if self.words is not None:
-            idx, off = hash_prompts(prompts, self.config["buckets"])
-            e = self.words(idx.to(f.device), off.to(f.device))
-            f = torch.cat([f, f * e], dim=1)
-        return self.head(f).squeeze(1)
+        def __init__(self, width: int = 32, hidden: int = 64, buckets: int = 1024, resolution: int = 32,
+                     text: bool = True) -> None:
+            super().__init__()
+            self.config = dict(width=width, hidden=hidden, buckets=buckets, resolution=resolution, text=text)
+            w, d = width, 2 * width
+            self.trunk = nn.Sequential(nn.Conv2d(3, w, 3, 1, 1), nn.SiLU(), nn.Conv2d(w, d, 3, 2, 1), nn.SiLU(),
+                                       nn.Conv2d(d, d, 3, 2, 1), nn.SiLU(), nn.Conv2d(d, d, 3, 2, 1), nn.SiLU())
+            self.words = nn.EmbeddingBag(buckets, d, mode="mean") if text else None
+            self.head = nn.Sequential(nn.Linear(2 * d if text else d, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+
+        def forward(self, images: Tensor, prompts: list[str]) -> Tensor:
+            f = self.trunk(resize(images, self.config["resolution"]) * 2 - 1).mean((2, 3))
+            if self.words is not None:
+                idx, off = hash_prompts(prompts, self.config["buckets"])
+                e = self.words(idx.to(f.device), off.to(f.device))
+                f = torch.cat([f, f * e], dim=1)
+            return self.head(f).squeeze(1)
+    return BTRewardNet
 
 
 def load_model(path: str | Path) -> BTRewardNet:
@@ -93,7 +105,7 @@ def load_model(path: str | Path) -> BTRewardNet:
     if "model" not in cfg:
         raise ValueError(f"reward 'learned_bt': {path / CONFIG} has no 'model' entry; was it written by "
                          "`vgrl train-reward`?")
-    net = BTRewardNet(**cfg["model"])
+    net = bt_reward_net()(**cfg["model"])
     net.load_state_dict({k: v.float() for k, v in load_file(path / WEIGHTS).items()})
     return net.eval().requires_grad_(False)
 
@@ -120,3 +132,10 @@ class LearnedBT(Reward):
 
 
 COMPONENT = LearnedBT
+
+
+def __getattr__(name: str) -> Any:
+    """``BTRewardNet`` of this module (PEP 562), defined at its first use by :func:`bt_reward_net`."""
+    if name == "BTRewardNet":
+        return bt_reward_net()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

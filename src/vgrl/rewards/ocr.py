@@ -29,15 +29,19 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 from pydantic import Field
-from torch import Tensor
 
+from vgrl._lazy import lazy
 from vgrl.rewards.base import Reward, RewardInputError, RewardOptions
 from vgrl.types import RewardOutput
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 _QUOTED = re.compile(r'"([^"]+)"|\u201c([^\u201d]+)\u201d')
 

@@ -15,14 +15,16 @@ the pixels (as used for reward backprop in e.g. DRaFT, arXiv 2309.17400).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
-from torch import Tensor
 
 from vgrl.rewards._hf import ClipEncoder, ResizeMode
 from vgrl.rewards.base import Reward, RewardOptions
 from vgrl.types import RewardOutput
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class PickScoreOptions(RewardOptions):

@@ -42,15 +42,12 @@ import random
 import ssl
 import time
 import uuid
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
 from PIL import Image
 from pydantic import Field, SecretStr, field_validator, model_validator
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
-from torch import Tensor
 
+from vgrl._lazy import lazy, lazy_function
 from vgrl.rewards.base import NonFiniteRewardError, Reward, RewardInputError, RewardOptions
 from vgrl.types import RewardOutput
 from vgrl.worlds.shapes import ObjectSpec, PromptMeta
@@ -59,6 +56,13 @@ try:
     import httpx
 except ModuleNotFoundError as e:  # pragma: no cover - httpx is in requirements.txt
     raise ModuleNotFoundError("reward 'remote' needs httpx: pip install 'vgrl[remote]'") from e
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
+st_load = lazy_function("safetensors.torch", "load")
+st_save = lazy_function("safetensors.torch", "save")
 
 PROTOCOL = 1
 TYPE_KEY = "$type"

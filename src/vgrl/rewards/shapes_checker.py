@@ -25,15 +25,19 @@ dense credit would push its background (most pixels) towards the positive policy
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
 from pydantic import Field
-from torch import Tensor
 
+from vgrl._lazy import lazy
 from vgrl.rewards.base import RewardInputError, RewardOptions, Reward
 from vgrl.types import RewardOutput
 from vgrl.worlds.shapes import PromptMeta, ShapesWorld
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 
 class ShapesCheckerOptions(RewardOptions):

@@ -20,21 +20,27 @@ hard and the checker, the gold metric, tells you when it was.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from pydantic import Field
-from torch import Tensor, nn
 
+from vgrl._lazy import lazy, no_grad
 from vgrl.rewards.base import Reward, RewardInputError, RewardOptions
 from vgrl.types import RewardOutput
 from vgrl.worlds.shapes import (BACKGROUND, CATEGORIES, COLOURS, COUNTS, RELATIONS, SHAPES, ObjectSpec, PromptMeta,
                                 ShapesWorld)
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
+nn = lazy("torch.nn")
 
 SLOT_DIM = 1 + len(SHAPES) + len(COLOURS) + 1 + max(COUNTS)  # present, shape, colour | any, count 1..4
 META_DIM = len(CATEGORIES) + 2 * SLOT_DIM + len(RELATIONS)
@@ -62,40 +68,46 @@ def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequent
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, dilation, dilation), nn.GroupNorm(8, cout), nn.SiLU())
 
 
-class CriticNet(nn.Module):
-    """``(x (B, 3, R, R) in [0, 1], meta (B, META_DIM)) -> (B,)`` logits of the checker's partial score.
+@functools.cache
+def critic_net() -> type:
+    """:class:`CriticNet`, defined at its first use: it subclasses ``torch.nn.Module``, and importing this module
+    (``vgrl validate`` reads the reward's options) must not import torch."""
 
-    A fully convolutional detector gives ``p[k, cell]``, the probability that a shape of kind
-    ``k = (shape, colour)`` is centred in each cell of an ``R/2 x R/2`` grid. The metadata selects, per
-    object slot ``j``, the kinds it asks for (``w_j = shape_j (x) colour_j``, every colour when "any")::
+    class CriticNet(nn.Module):
+        """``(x (B, 3, R, R) in [0, 1], meta (B, META_DIM)) -> (B,)`` logits of the checker's partial score.
 
-        n_j = sum_cell w_j . p          (matches)        n_shape_j = sum_cell (shape_j (x) 1) . p
-        (u_j, v_j) = centroid of w_j . p                 along / across = (u_1 - u_0, v_1 - v_0) in the relation's frame
+        A fully convolutional detector gives ``p[k, cell]``, the probability that a shape of kind
+        ``k = (shape, colour)`` is centred in each cell of an ``R/2 x R/2`` grid. The metadata selects, per
+        object slot ``j``, the kinds it asks for (``w_j = shape_j (x) colour_j``, every colour when "any")::
 
-    and a small MLP maps these, the required counts, the relation and the category to the logit. The
-    head never sees which shape or colour was asked for, so held-out (colour, shape) combinations are
-    scored by the same rule as seen ones.
-    """
+            n_j = sum_cell w_j . p          (matches)        n_shape_j = sum_cell (shape_j (x) 1) . p
+            (u_j, v_j) = centroid of w_j . p                 along / across = (u_1 - u_0, v_1 - v_0) in the relation's frame
 
-    def __init__(self, width: int = 24, hidden: int = 64, resolution: int = 32) -> None:
-        super().__init__()
-        w, kinds, self.resolution = width, len(SHAPES) * len(COLOURS), resolution
-        self.trunk = nn.Sequential(_conv(3, w), _conv(w, 2 * w, 2), _conv(2 * w, 2 * w),
-                                   _conv(2 * w, 2 * w, dilation=2), _conv(2 * w, 2 * w, dilation=2),
-                                   _conv(2 * w, 2 * w), nn.Conv2d(2 * w, kinds, 1))
-        nn.init.constant_(self.trunk[-1].bias, -6.0)  # prior: a cell rarely holds a shape's centre
-        self.head = nn.Sequential(nn.Linear(HEAD_DIM, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                  nn.Linear(hidden, 1))
-        c = (torch.arange(resolution // 2) + 0.5) / (resolution // 2) * 2 - 1
-        self.register_buffer("coords", torch.stack(torch.meshgrid(c, c, indexing="xy")).flatten(1), persistent=False)
+        and a small MLP maps these, the required counts, the relation and the category to the logit. The
+        head never sees which shape or colour was asked for, so held-out (colour, shape) combinations are
+        scored by the same rule as seen ones.
+        """
 
-    def detect(self, x: Tensor) -> Tensor:
-        """``(B, kinds, R/2, R/2)`` logits of a (shape, colour) centred in each cell."""
-        return self.trunk(x * 2 - 1)
+        def __init__(self, width: int = 24, hidden: int = 64, resolution: int = 32) -> None:
+            super().__init__()
+            w, kinds, self.resolution = width, len(SHAPES) * len(COLOURS), resolution
+            self.trunk = nn.Sequential(_conv(3, w), _conv(w, 2 * w, 2), _conv(2 * w, 2 * w),
+                                       _conv(2 * w, 2 * w, dilation=2), _conv(2 * w, 2 * w, dilation=2),
+                                       _conv(2 * w, 2 * w), nn.Conv2d(2 * w, kinds, 1))
+            nn.init.constant_(self.trunk[-1].bias, -6.0)  # prior: a cell rarely holds a shape's centre
+            self.head = nn.Sequential(nn.Linear(HEAD_DIM, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                      nn.Linear(hidden, 1))
+            c = (torch.arange(resolution // 2) + 0.5) / (resolution // 2) * 2 - 1
+            self.register_buffer("coords", torch.stack(torch.meshgrid(c, c, indexing="xy")).flatten(1), persistent=False)
 
-    def forward(self, x: Tensor, meta: Tensor, det: Tensor | None = None) -> Tensor:
-        p = torch.sigmoid(self.detect(x) if det is None else det).flatten(2)  # (B, kinds, cells)
-        return self.head(head_features(p, meta, self.coords)).squeeze(1)
+        def detect(self, x: Tensor) -> Tensor:
+            """``(B, kinds, R/2, R/2)`` logits of a (shape, colour) centred in each cell."""
+            return self.trunk(x * 2 - 1)
+
+        def forward(self, x: Tensor, meta: Tensor, det: Tensor | None = None) -> Tensor:
+            p = torch.sigmoid(self.detect(x) if det is None else det).flatten(2)  # (B, kinds, cells)
+            return self.head(head_features(p, meta, self.coords)).squeeze(1)
+    return CriticNet
 
 
 HEAD_DIM = len(CATEGORIES) + len(RELATIONS) + 2 + 2 * (2 + max(COUNTS) + 5)
@@ -140,7 +152,7 @@ def load_critic(path: str | Path) -> CriticNet:
         raise FileNotFoundError(f"reward 'shapes_critic': no trained critic at {path} (missing {', '.join(missing)}); "
                                 f"train one with `vgrl train-critic --out {path}` or set reward.path")
     cfg = json.loads((path / CONFIG).read_text())
-    net = CriticNet(cfg["width"], cfg["hidden"], cfg["resolution"])
+    net = critic_net()(cfg["width"], cfg["hidden"], cfg["resolution"])
     net.load_state_dict({k: v.float() for k, v in load_file(path / WEIGHTS).items()})
     return net.eval().requires_grad_(False)
 
@@ -225,7 +237,7 @@ def degrade(x: Tensor, gen: torch.Generator) -> Tensor:
     return x.clamp(0, 1)
 
 
-@torch.no_grad()
+@no_grad
 def base_samples(metas: list[PromptMeta], texts: list[str], seeds: Tensor, model: str,
                  batch_size: int = 64) -> Tensor:
     """``(B, 3, 32, 32)`` samples of the base pipeline ``model`` at its ``vgrl.json`` eval settings (ODE)."""
@@ -318,7 +330,7 @@ def train_critic(out_dir: str | Path, steps: int = 1500, seed: int = 0, threads:
     world, start = ShapesWorld(32), time.perf_counter()
     data = CriticData(world, "train", seed, base_models, n_base)
     base_seconds = time.perf_counter() - start
-    net = CriticNet(width, hidden)
+    net = critic_net()(width, hidden)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     curve = []
@@ -376,7 +388,7 @@ def agreement(pred: Tensor, target: Tensor) -> dict[str, float]:
             "checker_mean": float(t.mean()), "critic_mean": float(p.mean())}
 
 
-@torch.no_grad()
+@no_grad
 def critic_quality(net: CriticNet, world: ShapesWorld, base_models: Sequence[str], *, seed: int = 0,
                    renders: int = 1024, per_category: int = 64) -> dict:
     """Agreement with the checker on held-out prompts: (a) renders (own / mismatched metadata, 40% degraded),
@@ -400,3 +412,10 @@ def critic_quality(net: CriticNet, world: ShapesWorld, base_models: Sequence[str
         images = base_samples(es.metas, es.texts, es.seeds, model)
         out[f"heldout_samples:{model}"] = agreement(score(images, es.metas), world.check(images, es.metas).score)
     return out
+
+
+def __getattr__(name: str) -> Any:
+    """``CriticNet`` of this module (PEP 562), defined at its first use by :func:`critic_net`."""
+    if name == "CriticNet":
+        return critic_net()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

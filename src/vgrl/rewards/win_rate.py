@@ -30,16 +30,20 @@ sample alone in its group raises).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from pydantic import Field
-from torch import Tensor
 
+from vgrl._lazy import lazy
 from vgrl.rewards.base import Reward, RewardOptions
-from vgrl.rewards.compose import reward_from_spec
+from vgrl.rewards.compose import check_spec, reward_from_spec
 from vgrl.rewards.diversity import prompt_groups
 from vgrl.types import RewardOutput
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 
 class WinRateOptions(RewardOptions):
@@ -93,6 +97,12 @@ class WinRate(Reward):
             raise TypeError(f"reward must be a vgrl Reward (e.g. vgrl.rewards.get('jpeg')), "
                             f"got {type(reward).__name__}")
         self.inner = reward if reward is not None else reward_from_spec(spec, "inner")
+
+    @classmethod
+    def check_config(cls, options: dict[str, Any]) -> bool:
+        """The options and the inner spec (required from a config), without building the inner reward."""
+        check_spec(cls.Options.model_validate(options).inner, ("inner",))
+        return cls.differentiable
 
     def __repr__(self) -> str:
         return f"WinRate(inner={self.inner!r}, tie_margin={self.options.tie_margin!r})"

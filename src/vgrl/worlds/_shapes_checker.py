@@ -20,11 +20,15 @@ Pipeline, vectorised over the whole batch (numpy):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch
-from torch import Tensor
+from vgrl._lazy import lazy
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 GRID = 3  # occupancy grid is GRID x GRID cells of the bounding box
 
@@ -150,7 +154,7 @@ class ShapesChecker:
     # ------------------------------------------------------------------ detection
     def detect(self, images: Tensor | np.ndarray) -> Detections:
         """Segment, label, measure and classify every component of a batch."""
-        x = images.detach().to("cpu", torch.float32).numpy() if isinstance(images, Tensor) else images
+        x = images.detach().to("cpu", torch.float32).numpy() if isinstance(images, torch.Tensor) else images
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(x.shape)}")

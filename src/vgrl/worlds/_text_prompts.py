@@ -15,11 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
-from torch import Tensor
+from vgrl._lazy import lazy
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 WORDS = ("HELLO", "WORLD", "OPEN", "STOP", "EXIT", "CAFE", "SALE", "PARK", "BOOK", "MILK", "RAIN",
          "SNOW", "GOLD", "JAZZ", "TAXI", "HOTEL", "PIZZA", "MUSIC", "RIVER", "CLOUD", "LIGHT", "QUIET",

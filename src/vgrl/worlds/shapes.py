@@ -34,13 +34,17 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import TYPE_CHECKING, Sequence, Union
 
 import numpy as np
-import torch
-from torch import Tensor
 
+from vgrl._lazy import lazy
 from vgrl.worlds._shapes_checker import CheckResult, ShapesChecker, occupancy_grid
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 SHAPES = ("circle", "square", "triangle", "cross")
 PALETTE = {
