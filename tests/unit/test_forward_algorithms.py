@@ -280,7 +280,7 @@ def test_nft_lagging_sampling_policy_is_the_soft_updated_copy(tiny_backbones, tr
     module = bb.trainable()
     params = [q for q in module.parameters() if q.requires_grad]
     algo = algorithms.get("nft", old_decay_rate=0.25, old_decay_max=0.6, old_decay_flat=1)
-    assert [algo.eta(i) for i in range(5)] == [0.0, 0.0, 0.25, 0.5, 0.6]
+    assert [algo.old.eta(i) for i in range(5)] == [0.0, 0.0, 0.25, 0.5, 0.6]
     rewards = RewardOutput(scores=torch.tensor([1.0, 0.0, 2.0, 3.0]))
     saved = copy.deepcopy(module.state_dict())
 
@@ -297,7 +297,7 @@ def test_nft_lagging_sampling_policy_is_the_soft_updated_copy(tiny_backbones, tr
         step(1e-3)
         for i in (1, 2, 3):  # eta 0, 0.25, 0.5
             current = [q.detach().clone() for q in params]
-            want = [algo.eta(i) * o + (1 - algo.eta(i)) * c for o, c in zip(algo.state_dict()["old"], current)]
+            want = [algo.old.eta(i) * o + (1 - algo.old.eta(i)) * c for o, c in zip(algo.state_dict()["old"], current)]
             with algo.sampling_policy(bb):
                 inside = [q.detach().clone() for q in params]
             assert all(torch.allclose(a, w, rtol=0, atol=1e-7) for a, w in zip(inside, want))
@@ -314,12 +314,12 @@ def test_nft_lagging_sampling_policy_is_the_soft_updated_copy(tiny_backbones, tr
             _, m = algo.loss(bb, None, batch, 0)
             assert m["old_deviation"] == pytest.approx(((pred - old) ** 2).mean().item(), rel=1e-5)
             assert (m["old_deviation"] > 0) == (i > 1)  # eta 0 at i = 1: theta_old = theta
-            assert m["old_decay"] == algo.eta(i)
+            assert m["old_decay"] == algo.old.eta(i)
             step(1e-3)
         state = algo.state_dict()
         again = algorithms.get("nft", old_decay_rate=0.25, old_decay_max=0.6, old_decay_flat=1)
         again.load_state_dict(state)
-        assert again._rollouts == 4 and all(torch.equal(a, b) for a, b in zip(again._old, algo._old))
+        assert again.old.rollouts == 4 and all(torch.equal(a, b) for a, b in zip(again.old.lagging, algo.old.lagging))
         with pytest.raises(ValueError, match="no state"):
             algorithms.get("nft").load_state_dict(state)
         with pytest.raises(ValueError, match="written with old_decay_rate 0"):

@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+from vgrl._lazy import lazy
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+torch = lazy("torch")
 
 
 @contextlib.contextmanager
@@ -51,8 +55,8 @@ class OldPolicy:
         self.rate, self.max_eta, self.flat = rate, max_eta, flat
         self.lagging: list[Tensor] | None = None    # theta_old (rate > 0 only)
         self.rollouts = 0                           # soft updates done: the i of eta_i
-        self._sampled: tuple[torch.nn.Module, list[Tensor]] | None = None   # the weights of the last rollout
-        self._snapshot: tuple[torch.nn.Module, list[Tensor]] | None = None  # the weights predicting v_old now
+        self._sampled: tuple[nn.Module, list[Tensor]] | None = None   # the weights of the last rollout
+        self._snapshot: tuple[nn.Module, list[Tensor]] | None = None  # the weights predicting v_old now
         self._moved = False
 
     def eta(self, i: int) -> float:
