@@ -85,7 +85,7 @@ class FlowBackbone(PipelineBackbone):
 
     def x0_coefficients(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
         """``(1, -t)``: ``x0_hat = x_t - t v``."""
-        tt = _per_sample(t.to(like.device), like)
+        tt = _per_sample(t, like)
         return torch.ones_like(tt), -tt
 
     def predict(self, x_t: Tensor, t: Tensor, cond: Cond, guidance_scale: float) -> Tensor:
@@ -185,8 +185,8 @@ class FlowBackbone(PipelineBackbone):
 
 
 def _per_sample(v: Tensor, like: Tensor) -> Tensor:
-    """``(B,)`` -> float32 ``(B, 1, ..., 1)`` broadcasting against ``like``."""
-    return v.to(torch.float32).reshape(-1, *([1] * (like.ndim - 1)))
+    """``(B,)`` -> float32 ``(B, 1, ..., 1)`` on ``like``'s device, broadcasting against ``like``."""
+    return v.to(like.device, torch.float32).reshape(-1, *([1] * (like.ndim - 1)))
 
 
 COMPONENT = FlowBackbone
