@@ -10,14 +10,9 @@ torch.set_num_threads(int(os.environ.get("VGRL_TEST_THREADS", "2")))
 
 @pytest.fixture(scope="session")
 def tiny_backbones():
-    """Built once per session: name -> tiny backbone (random init, seeded)."""
-    from vgrl.backbones.flow import FlowBackbone
-    from vgrl.backbones.sd import SDBackbone
+    """Built once per session: test key (``sd-eps``, ``flow``, ...) -> tiny backbone (random init, seeded)."""
+    from tests.backbone_variants import backbone_variants
+    from vgrl import registry
 
-    return {
-        "sd-eps": SDBackbone.tiny(prediction="epsilon"),
-        "sd-v": SDBackbone.tiny(prediction="v"),
-        "sd-pixel": SDBackbone.tiny(prediction="epsilon", vae=False),
-        "flow": FlowBackbone.tiny(),
-        "flow-pixel": FlowBackbone.tiny(vae=False),
-    }
+    return {key: registry.resolve("backbones", name).tiny(**kwargs)
+            for key, (name, kwargs) in backbone_variants().items()}

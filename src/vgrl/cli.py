@@ -211,7 +211,10 @@ def _add_pretrain(sub) -> None:
                                    "flow: SD3 transformer, rectified flow) on a world's training prompts and save a "
                                    "diffusers pipeline directory under OUT/pipeline with its loss curve.")
     p.add_argument("--world", default="shapes", help="built-in world (default: shapes)")
-    p.add_argument("--family", choices=("sd", "flow"), default="sd", help="model family (default: sd)")
+    from vgrl import registry
+
+    p.add_argument("--family", choices=registry.available("backbones"), default="sd",
+                   help="model family, a backbone (default: sd)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--steps", type=int, default=2000, help="denoiser training steps (default: 2000)")
     p.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")

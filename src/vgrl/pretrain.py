@@ -5,8 +5,9 @@ Three stages, all on CPU:
    the world's renders (L2 + a small KL), its ``scaling_factor`` / ``shift_factor`` set from the
    latents' statistics (or loaded from ``--vae`` to share one autoencoder between models);
 2. a CLIP text encoder over a word-level tokenizer of the world's vocabulary, trained jointly with
-3. the denoiser: ``sd`` = ``UNet2DConditionModel`` with v-prediction (DDPM noise, t ~ U{0..999});
-   ``flow`` = ``SD3Transformer2DModel`` with rectified flow (t drawn through the sampling shift).
+3. the denoiser of a backbone family (``Backbone.pretrain_model``: ``sd`` = ``UNet2DConditionModel`` with
+   v-prediction, t ~ U{0..999}; ``flow`` = ``SD3Transformer2DModel`` with rectified flow, t drawn through
+   the sampling shift), regressed on the backbone's own forward process (``add_noise``, ``target``).
    10% of captions are dropped to "" so classifier-free guidance works.
 
 Outputs a pipeline directory (``StableDiffusionPipeline`` / ``StableDiffusion3Pipeline``), a
@@ -23,20 +24,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import (AutoencoderKL, DDIMScheduler, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
-                       StableDiffusion3Pipeline, StableDiffusionPipeline, UNet2DConditionModel)
-from transformers import CLIPTextModel, CLIPTextModelWithProjection
+from diffusers import AutoencoderKL
 
 from vgrl.backbones import _tiny
-from vgrl.backbones.base import META_FILE
-
+from vgrl.backbones.base import META_FILE, Backbone, PipelineBackbone
 
 
 @dataclass
 class PretrainSettings:
     """Everything that determines a pretraining run (saved next to the model)."""
 
-    family: str = "sd"            # sd | flow
+    family: str = "sd"            # a backbone family (families()): sd | flow
     world: str = "shapes"
     resolution: int = 32
     steps: int = 3000
@@ -119,10 +117,9 @@ def train_vae(stream: Stream, s: PretrainSettings, log) -> AutoencoderKL:
     return vae
 
 
-def load_components(s: PretrainSettings, tokenizer):
-    """The autoencoder, text encoder(s) and denoiser of the pipeline ``s.init`` (float32) and its ``vgrl.json``,
-    checked against ``s``: same family, world and resolution, and the same word vocabulary as the tokenizer built
-    for this world."""
+def load_init(s: PretrainSettings, tokenizer) -> tuple[Backbone, dict]:
+    """The pipeline ``s.init`` as a float32 backbone of ``s.family`` and its ``vgrl.json``, checked against ``s``:
+    same family, world and resolution, and the same word vocabulary as the tokenizer built for this world."""
     from transformers import CLIPTokenizer
 
     init = Path(s.init)
@@ -139,90 +136,55 @@ def load_components(s: PretrainSettings, tokenizer):
     if CLIPTokenizer.from_pretrained(init / "tokenizer").get_vocab() != tokenizer.get_vocab():
         raise ValueError(f"--init {init}: its tokenizer's vocabulary ({init / 'tokenizer'}) differs from the "
                          f"{s.world} world's; was it trained on another version of the world?")
-    vae = AutoencoderKL.from_pretrained(init / "vae").float()
-    if s.family == "sd":
-        texts = [CLIPTextModel.from_pretrained(init / "text_encoder").float()]
-        denoiser = UNet2DConditionModel.from_pretrained(init / "unet").float()
-    else:
-        texts = [CLIPTextModelWithProjection.from_pretrained(init / name).float()
-                 for name in ("text_encoder", "text_encoder_2")]
-        denoiser = SD3Transformer2DModel.from_pretrained(init / "transformer").float()
-    return vae, texts, denoiser, meta
+    return _family(s.family).from_pretrained(str(init), dtype="float32"), meta
 
 
-def build_denoiser(family: str, tokenizer, resolution: int, seed: int):
-    """The text encoder(s) and denoiser of the shipped small models."""
-    torch.manual_seed(seed)
-    latent = resolution // 2
-    if family == "sd":
-        text = CLIPTextModel(_tiny.clip_config(tokenizer, hidden=128, projection=128))
-        unet = UNet2DConditionModel(
-            sample_size=latent, in_channels=4, out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(48, 96),
-            layers_per_block=1, cross_attention_dim=128, attention_head_dim=24, norm_num_groups=16)
-        return [text], unet
-    texts = [CLIPTextModelWithProjection(_tiny.clip_config(tokenizer, hidden=64, projection=64)) for _ in range(2)]
-    transformer = SD3Transformer2DModel(
-        sample_size=latent, patch_size=2, in_channels=4, out_channels=4, num_layers=6, attention_head_dim=32,
-        num_attention_heads=4, joint_attention_dim=128, caption_projection_dim=128, pooled_projection_dim=128,
-        pos_embed_max_size=latent // 2)
-    return texts, transformer
+def _family(name: str) -> type[Backbone]:
+    from vgrl import registry
+
+    if name not in families():
+        raise ValueError(f"--family {name!r} is not a backbone family; valid: {', '.join(families())}")
+    return registry.resolve("backbones", name)
 
 
-def assemble(family: str, vae, tokenizer, texts, denoiser):
-    """The diffusers pipeline holding the components (schedulers as vgrl samples them)."""
-    if family == "sd":
-        sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction")
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=texts[0], tokenizer=tokenizer, unet=denoiser,
-                                       scheduler=sched, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
-    else:
-        pipe = StableDiffusion3Pipeline(transformer=denoiser, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-                                        vae=vae, text_encoder=texts[0], tokenizer=tokenizer, text_encoder_2=texts[1],
-                                        tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def families() -> list[str]:
+    """The backbone families ``vgrl pretrain`` can train (the built-in backbones; torch-free)."""
+    from vgrl import registry
+
+    return registry.available("backbones")
 
 
-def denoising_loss(family: str, pipe, x0: torch.Tensor, prompts: list[str], gen: torch.Generator,
+def denoising_loss(backbone: Backbone, x0: torch.Tensor, prompts: list[str], gen: torch.Generator,
                    flow_times: str = "shift") -> torch.Tensor:
-    """v-prediction (sd) or rectified-flow (flow) regression loss on latents ``x0``."""
+    """``mean (pred - target)^2`` of the backbone's own forward process (``add_noise``, ``target``) on latents
+    ``x0``, text encoders included in the graph. Times: discrete ``t ~ U{0..T-1}``; flow ``t`` uniform through
+    the sampling shift ``s u / (1 + (s - 1) u)`` or logit-normal (SD3's choice, Esser et al., arXiv 2403.03206)."""
     b = x0.shape[0]
     eps = torch.randn(x0.shape, generator=gen)
-    if family == "sd":
-        embeds, _ = pipe.encode_prompt(prompts, "cpu", 1, False)
-        t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (b,), generator=gen)
-        x_t = pipe.scheduler.add_noise(x0, eps, t)
-        pred = pipe.unet(x_t, t, encoder_hidden_states=embeds).sample
-        return F.mse_loss(pred, pipe.scheduler.get_velocity(x0, eps, t))
-    embeds, _, pooled, _ = pipe.encode_prompt(prompts, prompts, prompts, device="cpu",
-                                              do_classifier_free_guidance=False, max_sequence_length=1)
-    if flow_times == "logit_normal":  # SD3's choice (Esser et al., arXiv 2403.03206)
+    cond = backbone.condition(prompts, guidance=False)
+    if backbone.time_kind == "discrete":
+        t = torch.randint(0, backbone.scheduler.config.num_train_timesteps, (b,), generator=gen)
+    elif flow_times == "logit_normal":
         t = torch.sigmoid(torch.randn(b, generator=gen))
     elif flow_times == "shift":
-        u, shift = torch.rand(b, generator=gen), pipe.scheduler.config.shift
+        u, shift = torch.rand(b, generator=gen), backbone.scheduler.config.shift
         t = shift * u / (1 + (shift - 1) * u)
     else:
         raise ValueError(f"flow_times must be 'shift' or 'logit_normal', got {flow_times!r}")
-    tb = t.view(-1, 1, 1, 1)
-    x_t = (1 - tb) * x0 + tb * eps
-    pred = pipe.transformer(hidden_states=x_t, timestep=t * 1000, encoder_hidden_states=embeds,
-                            pooled_projections=pooled).sample
-    return F.mse_loss(pred, eps - x0)
+    pred = backbone.predict(backbone.add_noise(x0, t, eps), t, cond, 1.0)
+    return F.mse_loss(pred, backbone.target(x0, eps, t))
 
 
-def save_pipeline(pipe, path: str | Path) -> None:
+def save_pipeline(backbone: PipelineBackbone, path: str | Path) -> None:
     """Save with the denoiser and autoencoder stored in float16 (half the size; diffusers loads them
     back as float32) and the text encoders in float32 (transformers keeps the stored dtype)."""
-    denoiser = pipe.unet if isinstance(pipe, StableDiffusionPipeline) else pipe.transformer
-    for module in (denoiser, pipe.vae):
+    modules = [m for m in (backbone.trainable(), backbone.vae) if m is not None]
+    for module in modules:
         module.to(torch.float16)
     try:
-        pipe.save_pretrained(path, safe_serialization=True)
+        backbone.pipe.save_pretrained(path, safe_serialization=True)
     finally:
-        for module in (denoiser, pipe.vae):
+        for module in modules:
             module.to(torch.float32)
 
 
@@ -252,14 +214,15 @@ def run(s: PretrainSettings, out_dir: str | Path, progress: bool = True) -> Path
     stream = Stream(world, s.seed)
     words = sorted({w for split in world.splits for p in world.prompts(split) for w in p.text.split()})
     tokenizer = _tiny.word_tokenizer(words, max_length=24)
-    init_meta = None
+    cls, init_meta = _family(s.family), None
     if s.init:
-        vae, texts, denoiser, init_meta = load_components(s, tokenizer)
+        backbone, init_meta = load_init(s, tokenizer)
     else:
         vae = AutoencoderKL.from_pretrained(s.vae) if s.vae else train_vae(stream, s, log)
-        texts, denoiser = build_denoiser(s.family, tokenizer, s.resolution, s.seed + 1)
+        backbone = cls.pretrain_model(tokenizer, vae, s.resolution, s.seed + 1)
+    vae = backbone.vae
     vae.requires_grad_(False).eval()
-    pipe = assemble(s.family, vae, tokenizer, texts, denoiser)
+    texts, denoiser = backbone.text_encoders(), backbone.trainable()
     params = [p for m in (*texts, denoiser) for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(s.seed + 2)
@@ -269,7 +232,7 @@ def run(s: PretrainSettings, out_dir: str | Path, progress: bool = True) -> Path
         prompts, x = stream.batch(s.batch_size)
         drop = torch.rand(len(prompts), generator=gen) < s.drop_caption
         prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
-        loss = denoising_loss(s.family, pipe, _encode_latents(vae, x), prompts, gen, s.flow_times)
+        loss = denoising_loss(backbone, _encode_latents(vae, x), prompts, gen, s.flow_times)
         opt.zero_grad()
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -281,7 +244,7 @@ def run(s: PretrainSettings, out_dir: str | Path, progress: bool = True) -> Path
                  "lr": opt.param_groups[0]["lr"]})
     for m in (*texts, denoiser):
         m.eval()
-    save_pipeline(pipe, out / "pipeline")
+    save_pipeline(backbone, out / "pipeline")
     meta = {"family": s.family, "world": s.world, "resolution": s.resolution,
             "max_sequence_length": 1, "settings": asdict(s),
             "train_seconds": round(time.perf_counter() - start, 1)}

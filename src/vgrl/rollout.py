@@ -3,8 +3,9 @@
 ``rollout`` runs backbone x kernel over the backbone's time grid. A :class:`StepPlan` says which
 steps are stochastic (the kernel) and which deterministic (the kernel's ODE limit), and which
 stochastic steps to record. Every sample has its own generator, seeded by its recorded seed, which
-draws its initial noise and then its step noise in order — so a sample rolled out alone, or in any
-batch, gets the same noise, and can be regenerated from its seed. The generators are CPU generators
+draws its initial noise and then its step noise in order, both through ``backbone.init_noise`` (the
+backbone owns its noise's shape) — so a sample rolled out alone, or in any batch, gets the same noise,
+and can be regenerated from its seed. The generators are CPU generators
 whatever ``backbone.device``: noise is drawn on the CPU and copied to the device, so a seed gives the
 same sample on CPU and GPU up to kernel numerics.
 
@@ -122,14 +123,14 @@ def rollout(backbone: Backbone, kernel: Kernel, cond: Cond, num_steps: int, plan
         raise ValueError(f"seeds must have shape ({batch},), got {tuple(seeds.shape)}")
     gens = [seeded(int(s)) for s in seeds.tolist()]
     device = backbone.device
-    x = torch.stack([torch.randn(backbone.sample_shape, generator=g) for g in gens]).to(device)
+    x = backbone.init_noise(gens).to(device)  # each generator goes on to draw its sample's step noise
     grid, ode = backbone.timesteps(num_steps).to(device), kernel.ode()
     recorded: dict[str, list[Tensor]] = {"x_t": [], "x_next": [], "t": [], "s": [], "log_prob": []}
     for i in range(num_steps):
         t, s = grid[i].expand(batch), grid[i + 1].expand(batch)
         pred = backbone.predict(x, t, cond, guidance_scale)
         if plan.sde[i]:
-            noise = torch.stack([torch.randn(backbone.sample_shape, generator=g) for g in gens]).to(device)
+            noise = backbone.init_noise(gens).to(device)
             tr = kernel.step(pred, x, t, s, prediction=backbone.prediction, noise=noise)
         else:
             tr = ode.step(pred, x, t, s, prediction=backbone.prediction)

@@ -20,3 +20,18 @@ def test_backbone_table_matches_classes():
     assert set(config.BACKBONE_PREDICTIONS) == set(keys)
     for name in keys:
         assert tuple(registry.resolve("backbones", name).predictions) == config.BACKBONE_PREDICTIONS[name], name
+
+
+def test_family_lists_come_from_the_registry():
+    """`vgrl pretrain --family` offers every backbone, and every backbone builds a pretraining model."""
+    from vgrl.backbones.base import Backbone
+    from vgrl.cli import build_parser
+
+    keys = registry.available("backbones")
+    pretrain = build_parser()._subparsers._group_actions[0].choices["pretrain"]
+    family = next(a for a in pretrain._actions if a.dest == "family")
+    assert list(family.choices) == keys
+    for name in keys:
+        cls = registry.resolve("backbones", name)
+        assert cls.pretrain_model.__func__ is not Backbone.pretrain_model.__func__, name
+        assert cls.tiny_variants(), name

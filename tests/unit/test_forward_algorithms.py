@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -57,7 +56,7 @@ def backward(loss, module):
 
 def test_noising_conventions_and_x0_identity(tiny_backbones):
     x0, eps = torch.randn(3, 4, 16, 16), torch.randn(3, 4, 16, 16)
-    flow = noise(SimpleNamespace(prediction="flow"), x0, torch.tensor([0.0, 0.3, 1.0]), eps)
+    flow = noise(tiny_backbones["flow"], x0, torch.tensor([0.0, 0.3, 1.0]), eps)  # the flow backbone's own process
     assert torch.equal(flow.x_t[1], 0.7 * x0[1] + 0.3 * eps[1]) and torch.equal(flow.target, eps - x0)
     assert torch.equal(flow.x_t[0], x0[0]) and torch.allclose(flow.x0_hat(flow.target), x0, atol=1e-5)
     for name in ("sd-eps", "sd-v"):
@@ -97,11 +96,11 @@ def test_seeded_draws_repeat_split_and_differ_from_the_rollout_stream(tiny_backb
 # ---------------------------------------------------------------------------------------------- NFT
 
 
-def test_nft_terms_by_hand():
+def test_nft_terms_by_hand(tiny_backbones):
     # flow, 2 samples of 2 values: x0, eps, t -> x_t and v = eps - x0
     x0 = torch.tensor([[1.0, 0.0], [0.0, 2.0]]).reshape(2, 1, 1, 2)
     eps = torch.tensor([[0.0, 1.0], [2.0, 0.0]]).reshape(2, 1, 1, 2)
-    nz = noise(SimpleNamespace(prediction="flow"), x0, torch.tensor([0.5, 0.25]), eps)
+    nz = noise(tiny_backbones["flow"], x0, torch.tensor([0.5, 0.25]), eps)
     pred = torch.tensor([[0.0, 1.0], [1.0, -1.0]]).reshape(2, 1, 1, 2)
     old = torch.tensor([[-1.0, 0.0], [2.0, -2.0]]).reshape(2, 1, 1, 2)
     p = torch.tensor([0.8, 0.3])

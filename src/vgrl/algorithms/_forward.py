@@ -14,6 +14,8 @@ backbone's DDIMScheduler (integer ``t``)::
 (sd: ``scheduler.add_noise`` and ``scheduler.get_velocity``). Every prediction is affine in the
 clean-sample estimate at fixed ``(x_t, t)``: ``x0_hat = a x_t + b pred`` with ``(a, b) = (1, -t)``
 (flow), ``(1 / sqrt(a_t), -sqrt(1 - a_t) / sqrt(a_t))`` (epsilon), ``(sqrt(a_t), -sqrt(1 - a_t))`` (v).
+The backbone implements all of it (``add_noise``, ``target``, ``x0_coefficients``, ``train_time``); this
+module only draws ``(t, eps)`` and assembles the losses.
 
 The plain denoising loss of sample ``i`` is ``L_i = mean_dims (pred_i - target_i)^2`` with
 ``pred = backbone.predict(x_t, t, cond, guidance_scale=1.0)`` (the conditional branch).
@@ -95,15 +97,6 @@ def unit_seed(seed: int, unit: int) -> int:
     return _splitmix64(_splitmix64((int(seed) & _MASK64) ^ STREAM) ^ (int(unit) & _MASK64))
 
 
-def _times(backbone, options: NoisingOptions, num_steps: int) -> tuple[str, Tensor | int]:
-    """What one draw of ``t`` picks from: the time grid (``schedule``) or the number of training timesteps."""
-    if options.time_sampling == "schedule":
-        return "grid", backbone.timesteps(num_steps)[:num_steps]
-    if backbone.time_kind == "flow":
-        return "flow", 1
-    return "discrete", int(backbone.scheduler.config.num_train_timesteps)
-
-
 def draw(backbone, seeds: Tensor, unit: int, options: NoisingOptions, num_steps: int) -> tuple[Tensor, Tensor]:
     """Per-sample ``t`` ``(B,)`` and ``eps`` ``(B, *S)`` float32 from each sample's own generator.
 
@@ -112,50 +105,33 @@ def draw(backbone, seeds: Tensor, unit: int, options: NoisingOptions, num_steps:
         unit: the loss unit (``0 .. num_timesteps - 1``).
         num_steps: the rollout's schedule length (``time_sampling: schedule`` picks from its grid).
     Returns:
-        ``t``: float32 in [0, 1) for a flow backbone, int64 in ``[0, num_train_timesteps)`` for sd;
-        ``eps``: standard normal noise.
+        ``t``: a pick of the time grid, or a uniform / logit-normal draw ``u`` mapped by
+        ``backbone.train_time`` (flow: float32 in [0, 1), sd: int64 in ``[0, num_train_timesteps)``);
+        ``eps``: standard normal noise (``backbone.init_noise``).
     """
-    kind, space = _times(backbone, options, num_steps)
+    grid = backbone.timesteps(num_steps)[:num_steps] if options.time_sampling == "schedule" else None
     ts, eps = [], []
     for seed in seeds.tolist():
         g = torch.Generator().manual_seed(unit_seed(seed, unit))
-        if kind == "grid":
-            u = space[int(torch.randint(len(space), (), generator=g))]
+        if grid is not None:
+            u = grid[int(torch.randint(len(grid), (), generator=g))]
         elif options.time_sampling == "logit_normal":
             u = torch.sigmoid(options.logit_mean + options.logit_std * torch.randn((), generator=g))
         else:
             u = torch.rand((), generator=g)
         ts.append(u)
-        eps.append(torch.randn(backbone.sample_shape, generator=g, dtype=torch.float32))
+        eps.append(backbone.init_noise([g])[0])
     t = torch.stack(ts)
-    if kind == "discrete":  # a continuous draw u in [0, 1) -> the training timestep floor(u T)
-        t = (t * space).floor().clamp(max=space - 1).to(torch.long)
-    elif kind == "flow":
-        t = t.to(torch.float32)
-    return t, torch.stack(eps)
-
-
-def _per_sample(v: Tensor, like: Tensor) -> Tensor:
-    return v.to(torch.float32).reshape(-1, *([1] * (like.ndim - 1)))
+    return (t if grid is not None else backbone.train_time(t)), torch.stack(eps)
 
 
 def noise(backbone, x0: Tensor, t: Tensor, eps: Tensor) -> Noised:
-    """The forward process at ``t`` and the regression target of ``backbone.prediction`` (module docstring);
+    """The backbone's forward process at ``t`` and the regression target of its prediction (module docstring);
     ``t`` and ``eps`` (drawn on the CPU) are moved to ``x0``'s device."""
     x0 = x0.to(torch.float32)
     t, eps = t.to(x0.device), eps.to(x0.device)
-    if backbone.prediction == "flow":
-        tt = _per_sample(t, x0)
-        return Noised(t, eps, (1 - tt) * x0 + tt * eps, eps - x0, torch.ones_like(tt), -tt)
-    scheduler = backbone.scheduler
-    alpha = _per_sample(scheduler.alphas_cumprod.to(x0.device, torch.float32)[t], x0)
-    x_t = scheduler.add_noise(x0, eps, t)
-    if backbone.prediction == "epsilon":
-        return Noised(t, eps, x_t, eps, alpha.rsqrt(), -((1 - alpha) / alpha).sqrt())
-    if backbone.prediction == "v":
-        return Noised(t, eps, x_t, scheduler.get_velocity(x0, eps, t), alpha.sqrt(), -(1 - alpha).sqrt())
-    raise ValueError(f"the forward-process algorithms train epsilon, v or flow predictions, not "
-                     f"{backbone.prediction!r} (backbone {backbone.name!r})")
+    a, b = backbone.x0_coefficients(t, x0)
+    return Noised(t, eps, backbone.add_noise(x0, t, eps), backbone.target(x0, eps, t), a, b)
 
 
 def noised(backbone, traj: Trajectory, unit: int, options: NoisingOptions) -> Noised:

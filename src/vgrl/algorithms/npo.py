@@ -73,8 +73,8 @@ class NegativeGuidance:
     """A sampler-side backbone: ``base`` for the conditional branch, ``negative`` for the unconditional one.
 
     Exposes what :func:`vgrl.rollout.rollout`, :func:`vgrl.rollout.kernel_for` and the evaluator use
-    (``encode``, ``timesteps``, ``predict``, ``decode``, ``prediction``, ``sample_shape``, ``time_kind``,
-    ``scheduler``, ``device``: both models on ``base``'s); prompts are encoded by ``base``, whose text encoders
+    (``encode``, ``timesteps``, ``init_noise``, ``predict``, ``decode``, ``prediction``, ``sample_shape``,
+    ``time_kind``, ``scheduler``, ``device``: both models on ``base``'s); prompts are encoded by ``base``, whose text encoders
     the negative model shares when it was trained from ``base`` (vgrl trains the denoiser only).
     """
 
@@ -93,6 +93,9 @@ class NegativeGuidance:
 
     def timesteps(self, num_steps: int) -> Tensor:
         return self.base.timesteps(num_steps)
+
+    def init_noise(self, seeds) -> Tensor:
+        return self.base.init_noise(seeds)
 
     def decode(self, x0: Tensor) -> Tensor:
         return self.base.decode(x0)

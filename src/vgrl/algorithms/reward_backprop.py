@@ -20,7 +20,7 @@ denoiser through the steps that were run with grad:
   ``x_0`` at ``x_{j_i}`` is rewarded with grad (flow: ``x_0 = x_t - t v``; epsilon / v: DDIM's
   ``x_0`` estimate, :func:`vgrl.kernels.ddim.ddim_terms`).
 
-Forward-noising for DRaFT-LV: flow ``x_t = (1 - t) x_0 + t eps``; epsilon / v
+Forward-noising for DRaFT-LV is the backbone's ``add_noise``: flow ``x_t = (1 - t) x_0 + t eps``; epsilon / v
 ``x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps`` with the scheduler's ``alphas_cumprod``. Its noise comes
 from each sample's own generator after its initial noise, so a minibatch's loss is a function of the
 seeds and the weights.
@@ -85,15 +85,6 @@ def predict_x0(backbone: Backbone, ode: Kernel, x: Tensor, t: Tensor, s: Tensor,
     if backbone.prediction == "flow":
         return flow_estimates(pred.float(), x.float(), per_sample(t, x))[0]
     return ddim_terms(ode.scheduler, pred, x, t, s, backbone.prediction, "reward_backprop")[0]
-
-
-def renoise(backbone: Backbone, ode: Kernel, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-    """Forward process ``q(x_t | x_0)``: flow ``(1 - t) x0 + t eps``; else ``sqrt(a_t) x0 + sqrt(1 - a_t) eps``."""
-    if backbone.prediction == "flow":
-        tt = per_sample(t, x0)
-        return (1 - tt) * x0 + tt * eps
-    a_t = per_sample(ode.scheduler.alphas_cumprod.to(torch.float32)[t.long()], x0)
-    return a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps
 
 
 def replay(backbone: Backbone, ode: Kernel, traj: Trajectory, *, k: int, checkpointing: bool = True,
@@ -206,13 +197,11 @@ class RewardBackprop(Algorithm):
         n_lv, n, batch = self.options.lv_samples, traj.num_steps, len(traj)
         x0 = replay(backbone, ode, traj, k=0)
         gens = [seeded(int(s)) for s in traj.seeds.tolist()]
-        for g in gens:  # skip the initial noise: LV noise follows it in each sample's stream
-            torch.randn(backbone.sample_shape, generator=g)
-        eps = torch.stack([torch.stack([torch.randn(backbone.sample_shape, generator=g) for g in gens])
-                           for _ in range(n_lv)]).flatten(0, 1).to(x0.device)
+        backbone.init_noise(gens)  # skip the initial noise: LV noise follows it in each sample's stream
+        eps = torch.stack([backbone.init_noise(gens) for _ in range(n_lv)]).flatten(0, 1).to(x0.device)
         grid = backbone.timesteps(n)
         t, s = grid[n - 1].expand(n_lv * batch), grid[n].expand(n_lv * batch)
-        x_t = renoise(backbone, ode, x0.repeat(n_lv, *[1] * (x0.ndim - 1)), t, eps).to(x0.dtype)
+        x_t = backbone.add_noise(x0.repeat(n_lv, *[1] * (x0.ndim - 1)).float(), t, eps.float()).to(x0.dtype)
         cond = traj.cond.index(torch.arange(batch).repeat(n_lv))
         if self.options.checkpointing:
             return checkpoint(ode_step, backbone, ode, x_t, t, s, cond, traj.guidance_scale, use_reentrant=False)

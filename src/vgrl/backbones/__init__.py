@@ -36,7 +36,12 @@ def build(cfg: BackboneConfig) -> Backbone:
     return backbone
 
 
-PIPELINE_FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusion3Pipeline": "flow"}
+def pipeline_families() -> dict[str, str]:
+    """diffusers pipeline class name -> built-in backbone family, from each family's ``pipeline_class``."""
+    from vgrl import registry
+
+    classes = {name: registry.resolve("backbones", name) for name in registry.available("backbones")}
+    return {cls.pipeline_class: name for name, cls in classes.items() if cls.pipeline_class is not None}
 
 
 def load(path: str, *, dtype: str = "float32") -> Backbone:
@@ -51,7 +56,8 @@ def load(path: str, *, dtype: str = "float32") -> Backbone:
     if not index.is_file():
         raise FileNotFoundError(f"{path} is not a diffusers pipeline directory (no model_index.json)")
     cls_name = json.loads(index.read_text()).get("_class_name")
-    if cls_name not in PIPELINE_FAMILIES:
+    families = pipeline_families()
+    if cls_name not in families:
         raise ValueError(f"{index}: pipeline class {cls_name!r} has no vgrl backbone; "
-                         f"supported: {', '.join(PIPELINE_FAMILIES)}")
-    return registry.resolve("backbones", PIPELINE_FAMILIES[cls_name]).from_pretrained(path, dtype=dtype)
+                         f"supported: {', '.join(families)}")
+    return registry.resolve("backbones", families[cls_name]).from_pretrained(path, dtype=dtype)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 from torch import Tensor, nn
+from transformers import CLIPTextModelWithProjection
 
 from vgrl.backbones import _tiny
 from vgrl.backbones.base import DTYPES, PipelineBackbone, check_images, read_meta, to_unit
@@ -27,6 +28,7 @@ class FlowBackbone(PipelineBackbone):
     name = "flow"
     predictions = ("flow",)
     time_kind = "flow"
+    pipeline_class = "StableDiffusion3Pipeline"
 
     def __init__(self, pipe: StableDiffusion3Pipeline, *, resolution: int | None = None,
                  max_sequence_length: int = 256) -> None:
@@ -53,6 +55,9 @@ class FlowBackbone(PipelineBackbone):
 
     @torch.no_grad()
     def encode(self, prompts: list[str], *, guidance: bool) -> Cond:
+        return self.condition(prompts, guidance=guidance)
+
+    def condition(self, prompts: list[str], *, guidance: bool) -> Cond:
         prompts = list(prompts)
         embeds, uncond, pooled, uncond_pooled = self.pipe.encode_prompt(
             prompts, prompts, prompts, device=self.device, do_classifier_free_guidance=guidance,
@@ -64,6 +69,24 @@ class FlowBackbone(PipelineBackbone):
     def timesteps(self, num_steps: int) -> Tensor:
         self.scheduler.set_timesteps(num_steps)
         return self.scheduler.sigmas.to(torch.float32).clone()
+
+    def train_time(self, u: Tensor) -> Tensor:
+        """``t = u`` (float32)."""
+        return u.to(torch.float32)
+
+    def add_noise(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """``(1 - t) x0 + t eps``."""
+        tt = _per_sample(t, x0)
+        return (1 - tt) * x0 + tt * eps
+
+    def target(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+        """The velocity ``eps - x0``."""
+        return eps - x0
+
+    def x0_coefficients(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+        """``(1, -t)``: ``x0_hat = x_t - t v``."""
+        tt = _per_sample(t, like)
+        return torch.ones_like(tt), -tt
 
     def predict(self, x_t: Tensor, t: Tensor, cond: Cond, guidance_scale: float) -> Tensor:
         timestep = t.to(x_t.device, torch.float32) * self.scheduler.config.num_train_timesteps
@@ -125,6 +148,29 @@ class FlowBackbone(PipelineBackbone):
         return cls(pipe, resolution=resolution, max_sequence_length=4)
 
     @classmethod
+    def tiny_variants(cls) -> dict[str, dict]:
+        return {"default": {}, "pixel": {"vae": False}}
+
+    @classmethod
+    def pretrain_model(cls, tokenizer, vae, resolution: int, seed: int) -> FlowBackbone:
+        """``vgrl pretrain``'s flow model: two CLIP text encoders (width 64, no T5) and a 6-layer MM-DiT
+        (4 heads of 32), sampled with shift 3; prompts padded to one T5 token."""
+        torch.manual_seed(seed)
+        channels = 3 if vae is None else vae.config.latent_channels
+        latent = resolution // (1 if vae is None else 2 ** (len(vae.config.block_out_channels) - 1))
+        texts = [CLIPTextModelWithProjection(_tiny.clip_config(tokenizer, hidden=64, projection=64)) for _ in range(2)]
+        transformer = SD3Transformer2DModel(
+            sample_size=latent, patch_size=2, in_channels=channels, out_channels=channels, num_layers=6,
+            attention_head_dim=32, num_attention_heads=4, joint_attention_dim=128, caption_projection_dim=128,
+            pooled_projection_dim=128, pos_embed_max_size=latent // 2)
+        pipe = StableDiffusion3Pipeline(
+            transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+            text_encoder=texts[0], tokenizer=tokenizer, text_encoder_2=texts[1], tokenizer_2=tokenizer,
+            text_encoder_3=None, tokenizer_3=None)
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe, resolution=resolution, max_sequence_length=1)
+
+    @classmethod
     def from_pretrained(cls, path: str, *, dtype: str = "float32", resolution: int | None = None,
                         max_sequence_length: int | None = None) -> FlowBackbone:
         """Load a ``StableDiffusion3Pipeline`` directory (components saved as null, e.g. no T5, load as None);
@@ -136,6 +182,11 @@ class FlowBackbone(PipelineBackbone):
         if max_sequence_length is None:
             max_sequence_length = read_meta(path).get("max_sequence_length", 256)
         return cls(pipe, resolution=resolution, max_sequence_length=max_sequence_length)
+
+
+def _per_sample(v: Tensor, like: Tensor) -> Tensor:
+    """``(B,)`` -> float32 ``(B, 1, ..., 1)`` on ``like``'s device, broadcasting against ``like``."""
+    return v.to(like.device, torch.float32).reshape(-1, *([1] * (like.ndim - 1)))
 
 
 COMPONENT = FlowBackbone

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from torch import Tensor, nn
+from transformers import CLIPTextModel
 
 from vgrl.backbones import _tiny
 from vgrl.backbones.base import DTYPES, PipelineBackbone, check_images, to_unit
@@ -24,6 +25,7 @@ class SDBackbone(PipelineBackbone):
     name = "sd"
     predictions = ("epsilon", "v")
     time_kind = "discrete"
+    pipeline_class = "StableDiffusionPipeline"
 
     def __init__(self, pipe: StableDiffusionPipeline, resolution: int | None = None) -> None:
         if not isinstance(pipe.scheduler, DDIMScheduler):
@@ -50,6 +52,9 @@ class SDBackbone(PipelineBackbone):
 
     @torch.no_grad()
     def encode(self, prompts: list[str], *, guidance: bool) -> Cond:
+        return self.condition(prompts, guidance=guidance)
+
+    def condition(self, prompts: list[str], *, guidance: bool) -> Cond:
         embeds, uncond = self.pipe.encode_prompt(list(prompts), self.device, 1, guidance)
         return Cond(embeds=embeds, uncond_embeds=uncond if guidance else None)
 
@@ -58,6 +63,27 @@ class SDBackbone(PipelineBackbone):
         ts = self.scheduler.timesteps.to(torch.long)
         ratio = self.scheduler.config.num_train_timesteps // num_steps
         return torch.cat([ts, ts[-1:] - ratio])
+
+    def train_time(self, u: Tensor) -> Tensor:
+        """``floor(u T)`` int64 in ``[0, T)``, ``T`` the scheduler's training timesteps."""
+        steps = int(self.scheduler.config.num_train_timesteps)
+        return (u * steps).floor().clamp(max=steps - 1).to(torch.long)
+
+    def add_noise(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """``sqrt(a_t) x0 + sqrt(1 - a_t) eps`` (``DDIMScheduler.add_noise``), ``a_t = alphas_cumprod[t]``."""
+        return self.scheduler.add_noise(x0, eps, t)
+
+    def target(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+        """epsilon: ``eps``; v: ``sqrt(a_t) eps - sqrt(1 - a_t) x0`` (``DDIMScheduler.get_velocity``)."""
+        return eps if self.prediction == "epsilon" else self.scheduler.get_velocity(x0, eps, t)
+
+    def x0_coefficients(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+        """epsilon: ``(1 / sqrt(a_t), -sqrt((1 - a_t) / a_t))``; v: ``(sqrt(a_t), -sqrt(1 - a_t))``."""
+        alpha = self.scheduler.alphas_cumprod.to(like.device, torch.float32)[t.to(like.device)]
+        alpha = alpha.reshape(-1, *([1] * (like.ndim - 1)))
+        if self.prediction == "epsilon":
+            return alpha.rsqrt(), -((1 - alpha) / alpha).sqrt()
+        return alpha.sqrt(), -(1 - alpha).sqrt()
 
     def predict(self, x_t: Tensor, t: Tensor, cond: Cond, guidance_scale: float) -> Tensor:
         t = t.to(x_t.device)  # a schedule's times may come from the CPU
@@ -108,6 +134,31 @@ class SDBackbone(PipelineBackbone):
                                        requires_safety_checker=False)
         if dtype != "float32":
             pipe.to(DTYPES[dtype])
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe, resolution=resolution)
+
+    @classmethod
+    def tiny_variants(cls) -> dict[str, dict]:
+        return {"eps": {"prediction": "epsilon"}, "v": {"prediction": "v"},
+                "pixel": {"prediction": "epsilon", "vae": False}}
+
+    @classmethod
+    def pretrain_model(cls, tokenizer, vae, resolution: int, seed: int) -> SDBackbone:
+        """``vgrl pretrain``'s sd model: a CLIP text encoder (width 128) and a 2-level UNet (48, 96) with
+        v-prediction, sampled with SD's DDIM settings."""
+        torch.manual_seed(seed)
+        channels = 3 if vae is None else vae.config.latent_channels
+        scale = 1 if vae is None else 2 ** (len(vae.config.block_out_channels) - 1)
+        text = CLIPTextModel(_tiny.clip_config(tokenizer, hidden=128, projection=128))
+        unet = UNet2DConditionModel(
+            sample_size=resolution // scale, in_channels=channels, out_channels=channels,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(48, 96),
+            layers_per_block=1, cross_attention_dim=128, attention_head_dim=24, norm_num_groups=16)
+        sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction")
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=sched,
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         pipe.set_progress_bar_config(disable=True)
         return cls(pipe, resolution=resolution)
 
