@@ -93,6 +93,7 @@ class WinRate(Reward):
             raise TypeError(f"reward must be a vgrl Reward (e.g. vgrl.rewards.get('jpeg')), "
                             f"got {type(reward).__name__}")
         self.inner = reward if reward is not None else reward_from_spec(spec, "inner")
+        self.layouts = self.inner.layouts
 
     def __repr__(self) -> str:
         return f"WinRate(inner={self.inner!r}, tie_margin={self.options.tie_margin!r})"
