@@ -151,6 +151,9 @@ def offline_batch(backbone, dataset, idx: list[int], seeds: Tensor, num_steps: i
     with the empty prompt too (``uncond_embeds``, used by ``npo``). ``rewards`` is the score margin
     ``chosen_score - rejected_score`` where the dataset has both scores, else NaN; ``adv`` is 1.
     """
+    if dataset.layout != backbone.layout:
+        raise ValueError(f"data.preferences holds {dataset.layout} samples but backbone {backbone.name!r} generates "
+                         f"{backbone.layout} samples")
     chosen, rejected = dataset.images(idx)
     with torch.no_grad():
         x0 = backbone.encode_images(torch.cat([chosen, rejected]))

@@ -147,7 +147,8 @@ def iterate(run: Run, counters: Counters) -> tuple[dict, Tensor | None]:
 
         rows = range(len(c.prompts))
         save_rollouts(run.rollout_dir / f"iter_{counters.iteration + 1:05d}", c.images, c.prompts, c.metadata,
-                      scores.tolist(), [i // g for i in rows], [c.ids[i // g] for i in rows], c.traj.seeds.tolist())
+                      scores.tolist(), [i // g for i in rows], [c.ids[i // g] for i in rows], c.traj.seeds.tolist(),
+                      layout=run.backbone.layout)
     batch = prepare(run, c, reward, scores)
     bad = (~torch.isfinite(batch.adv)).nonzero().flatten().tolist()
     if run.dist.any(bool(bad)):
