@@ -154,7 +154,8 @@ def resolve_layout(samples: Tensor, layouts: Sequence[str], layout: str | None =
         if layout not in LAYOUTS:
             raise RewardInputError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
         if layout not in layouts:
-            raise RewardInputError(f"{who} accepts {accepts} samples only, got a {layout} batch of shape "
+            raise RewardInputError(f"{who} accepts {accepts} samples only, got {'an' if layout == 'image' else 'a'} "
+                                   f"{layout} batch of shape "
                                    f"{tuple(samples.shape)}")
         if samples.ndim != len(LAYOUTS[layout]):
             raise RewardInputError(f"a {describe(layout)} batch has {len(LAYOUTS[layout])} dimensions, got shape "
