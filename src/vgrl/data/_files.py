@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from vgrl.layouts import LAYOUTS
-
-if TYPE_CHECKING:
-    from vgrl.data.preferences import PreferenceRecord
 
 
 def path_errors(value: Any) -> list[str]:
@@ -48,8 +45,8 @@ def sample_errors(raw: dict[str, Any]) -> list[str]:
     return errors
 
 
-def check_files(root: Path, rec: PreferenceRecord) -> tuple[tuple[int, int] | None, list[str], tuple | None]:
-    """Open every image of both sides fully (a truncated or corrupt file fails); their common size, errors,
+def check_files(root: Path, rec: Any) -> tuple[tuple[int, int] | None, list[str], tuple | None]:
+    """Open every image of both sides of ``rec`` (a :class:`~vgrl.data.preferences.PreferenceRecord`) fully (a truncated or corrupt file fails); their common size, errors,
     and the duplicate key ``(prompt, sha256 chosen, sha256 rejected)``. Skipped when the paths are invalid."""
     if any(k not in rec.raw for k in ("chosen", "rejected")) or sample_errors(rec.raw):
         return None, [], None
