@@ -1,4 +1,8 @@
-"""Pictures of samples and curves: image grids (PNG) and line plots, shared by training, evaluation and sampling.
+"""Pictures of samples and curves: sample grids (PNG, animated GIF) and line plots, shared by training,
+evaluation and sampling.
+
+Samples of every layout (:mod:`vgrl.layouts`): an image batch tiles into a square grid, a video becomes a
+row of its frames (a strip) plus an animated GIF, a view set a row of its views.
 
 Torch-free at import (a grid takes a tensor but only calls its methods), so ``vgrl report`` stays light.
 """
@@ -13,34 +17,86 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from vgrl.layouts import LayoutError, as_frames, check_samples
+
 if TYPE_CHECKING:
     from torch import Tensor
 
 
-def image_grid(images: Tensor, nrow: int | None = None, pad: int = 2, scale: int = 1) -> Image.Image:
-    """Tile ``(B, 3, H, W)`` pixels in [0, 1] into one RGB image, ``nrow`` images per row."""
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"image_grid takes (B, 3, H, W) images, got shape {tuple(images.shape)}")
-    b, _, h, w = images.shape
-    nrow = nrow or math.ceil(math.sqrt(b))
-    rows = math.ceil(b / nrow)
-    canvas = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, 3), 255, dtype=np.uint8)
-    pixels = (images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
-    for i in range(b):
-        r, c = divmod(i, nrow)
-        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = pixels[i]
+def _pixels(samples: Tensor, layout: str) -> np.ndarray:
+    """``(B, N, H, W, 3)`` uint8 of a batch in ``layout`` (pixels in [0, 1]; ``N = 1`` for an image)."""
+    try:
+        check_samples(samples, layout, "samples")
+    except LayoutError as e:
+        raise ValueError(f"image_grid: {e}") from None
+    frames = as_frames(samples.detach().float().clamp(0, 1), layout)
+    return (frames.permute(0, 1, 3, 4, 2).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def _tile(tiles: np.ndarray, ncol: int, pad: int, scale: int) -> Image.Image:
+    """Tile ``(T, H, W, 3)`` uint8 tiles row by row, ``ncol`` per row, on a white canvas."""
+    t, h, w, _ = tiles.shape
+    rows = math.ceil(t / ncol)
+    canvas = np.full((rows * (h + pad) + pad, ncol * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for i in range(t):
+        r, c = divmod(i, ncol)
+        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = tiles[i]
     grid = Image.fromarray(canvas)
     if scale > 1:
         grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
     return grid
 
 
-def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, scale: int = 1) -> Path:
+def image_grid(images: Tensor, nrow: int | None = None, pad: int = 2, scale: int = 1,
+               layout: str = "image") -> Image.Image:
+    """Tile a batch of pixels in [0, 1] into one RGB image.
+
+    ``layout`` image ``(B, 3, H, W)``: ``nrow`` images per row (default: a square). Video ``(B, F, 3, H, W)``
+    or multi-view ``(B, V, 3, H, W)``: one row per sample, its frames (views) left to right (``nrow`` unused).
+    """
+    pixels = _pixels(images, layout)
+    if layout == "image":
+        return _tile(pixels[:, 0], nrow or math.ceil(math.sqrt(len(pixels))), pad, scale)
+    return _tile(pixels.reshape(-1, *pixels.shape[2:]), pixels.shape[1], pad, scale)
+
+
+def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, scale: int = 1,
+              layout: str = "image") -> Path:
     """Write :func:`image_grid` as PNG to ``path`` (parents created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(images, nrow=nrow, scale=scale).save(path)
+    image_grid(images, nrow=nrow, scale=scale, layout=layout).save(path)
     return path
+
+
+def save_animation(samples: Tensor, path: str | Path, layout: str, nrow: int | None = None, scale: int = 1,
+                   frame_ms: int = 250) -> Path:
+    """Write an animated GIF (looping) to ``path``: frame ``k`` tiles frame (view) ``k`` of every sample,
+    ``nrow`` samples per row (default: a square), ``frame_ms`` per frame (Pillow merges a frame equal to the
+    previous one into it, adding the durations: the animation looks the same). GIF has 256 colours per
+    frame: exact for a few flat colours, an approximation for photographs."""
+    pixels = _pixels(samples, layout)
+    ncol = nrow or math.ceil(math.sqrt(len(pixels)))
+    frames = [_tile(pixels[:, k], ncol, 2, scale) for k in range(pixels.shape[1])]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
+    return path
+
+
+ANIMATED = ("video",)  # layouts whose samples are also written as an animated GIF
+
+
+def save_samples(samples: Tensor, path: str | Path, layout: str = "image", nrow: int | None = None,
+                 scale: int = 1) -> list[Path]:
+    """The pictures of a batch: ``path`` (PNG, :func:`save_grid`: a strip of frames per video, a row of views
+    per view set) and, for the layouts in :data:`ANIMATED`, the same name with ``.gif``
+    (:func:`save_animation`). Returns the paths written, the PNG first."""
+    path = Path(path)
+    out = [save_grid(samples, path, nrow=nrow, scale=scale, layout=layout)]
+    if layout in ANIMATED:
+        out.append(save_animation(samples, path.with_suffix(".gif"), layout, nrow=nrow, scale=scale))
+    return out
 
 
 def svg_line_plot(series: dict[str, list[tuple[float, float]]], *, title: str = "", xlabel: str = "",

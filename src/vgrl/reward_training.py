@@ -72,6 +72,9 @@ def load_pairs(path: str | Path, resolution: int) -> PairTensors:
     from vgrl.data.preferences import PreferenceDataset
 
     ds = PreferenceDataset.load(path)
+    if ds.layout != "image":
+        raise ValueError(f"{ds.index}: the Bradley-Terry reward model scores images, but this dataset holds "
+                         f"{ds.layout} samples")
     chosen, rejected = [], []
     for i in range(len(ds)):
         c, r = ds.images([i])

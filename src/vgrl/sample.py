@@ -1,7 +1,9 @@
 """``vgrl sample``: one end-to-end rollout from a config, written as an image grid and a summary.
 
 This is the smallest complete use of the engine (backbone x kernel x step plan), and the main job
-until training lands: it saves the resolved config, ``grid.png`` (one row per prompt group),
+until training lands: it saves the resolved config, ``grid.png`` (one row per prompt group for images;
+one strip of frames per sample for a video backbone, plus the animated ``grid.gif``; one row of views per
+sample for a multi-view backbone),
 ``summary.json`` (per-step log-probability statistics, timing) and prints a table. It runs on
 ``backbone.device`` under ``train.mixed_precision``'s autocast, as training does.
 """
@@ -18,7 +20,7 @@ from vgrl import backbones
 from vgrl.config import RunConfig, save_config
 from vgrl.device import Precision, resolve_device, set_deterministic
 from vgrl.rollout import kernel_for, plan_from_config, rollout
-from vgrl.media import save_grid
+from vgrl.media import save_samples
 
 
 def run(cfg: RunConfig, out_dir: str | Path) -> dict:
@@ -44,7 +46,7 @@ def run(cfg: RunConfig, out_dir: str | Path) -> dict:
         with torch.no_grad():
             images = backbone.decode(traj.x0)
     seconds = time.perf_counter() - start
-    save_grid(images, out / "grid.png", nrow=cfg.group_size, scale=4)
+    save_samples(images, out / "grid.png", backbone.layout, nrow=cfg.group_size, scale=4)
     summary = {
         "images": len(traj), "prompts": prompts, "seeds": traj.seeds.tolist(),
         "recorded_steps": traj.step_idx.tolist(),

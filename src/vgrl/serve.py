@@ -2,9 +2,11 @@
 
 :func:`create_app` wraps a :class:`~vgrl.rewards.base.Reward` in a FastAPI app with two routes:
 
-* ``GET /health`` -> ``{"status": "ok", "reward": name, "granularity": ..., "protocol": 1}`` (no token needed).
+* ``GET /health`` -> ``{"status": "ok", "reward": name, "granularity": ..., "layouts": [...], "protocol": 2}``
+  (no token needed).
 * ``POST /score`` -> the protocol of :mod:`vgrl.rewards.remote`: a JSON body with base64 PNGs or a
-  safetensors blob, prompts, JSON metadata and sample ids; answers ``{"scores", "details", "sample_ids",
+  safetensors blob, prompts, JSON metadata and sample ids (protocol 2: and the samples' ``layout``; a
+  protocol 1 body, which has none, is an image batch); answers ``{"scores", "details", "sample_ids",
   "reward", "granularity", "dense"}`` (``dense``: the reward's credit map as base64 safetensors, or null).
 
 Every request is checked before the reward sees it, and a refusal is a JSON ``{"error": ..., "kind": ...,
@@ -12,7 +14,7 @@ Every request is checked before the reward sees it, and a refusal is a JSON ``{"
 compared in constant time), 413 for a body over ``max_body_bytes`` (refused while streaming, before it
 is parsed) or more than ``max_images`` images, 400 for a body that is not JSON, 422 for a body that
 breaks the schema, an image that does not decode or is larger than ``max_side``, metadata of an unknown
-type, or inputs the reward rejects (``kind: non_finite`` with ``rows`` when it scores NaN/inf), and
+type, a layout the reward does not accept (``kind: layout``), or inputs the reward rejects (``kind: non_finite`` with ``rows`` when it scores NaN/inf), and
 500 when the reward itself crashes. Nothing is ever unpickled. Rewards run one batch at a time.
 """
 
@@ -41,6 +43,7 @@ try:
 except ModuleNotFoundError as e:  # pragma: no cover - fastapi is in requirements.txt
     raise ModuleNotFoundError("vgrl serve-reward needs fastapi and uvicorn: pip install 'vgrl[remote]'") from e
 
+from vgrl.layouts import LAYOUTS
 from vgrl.rewards.base import NonFiniteRewardError, Reward, RewardInputError
 from vgrl.rewards.remote import (METADATA_TYPES, PROTOCOL, TYPE_KEY, ProtocolError, b64decode, decode_tensor,
                                  encode_safetensors)
@@ -54,18 +57,19 @@ class ServeLimits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_body_bytes: int = Field(64 * 2**20, ge=1024, description="request body size limit in bytes")
-    max_images: int = Field(1024, ge=1, description="images per request")
+    max_images: int = Field(1024, ge=1, description="images per request (every frame or view counts)")
     max_side: int = Field(2048, ge=8, description="largest image side in pixels")
 
 
 class ScoreRequest(BaseModel):
-    """The ``/score`` body (protocol 1); see :mod:`vgrl.rewards.remote`."""
+    """The ``/score`` body (protocol 1 or 2); see :mod:`vgrl.rewards.remote`."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    protocol: Literal[1]
+    protocol: Literal[1, 2]
+    layout: Literal["image", "video", "multiview"] | None = None
     format: Literal["png", "safetensors"]
-    images: list[str] | None = None
+    images: list[str] | list[list[str]] | None = None
     tensor: str | None = None
     prompts: list[str]
     metadata: list[JsonValue] | None = None
@@ -91,20 +95,22 @@ def create_app(reward: Reward, token: str | None = None, limits: ServeLimits | N
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "reward": reward.name, "granularity": reward.granularity, "protocol": PROTOCOL}
+        return {"status": "ok", "reward": reward.name, "granularity": reward.granularity,
+                "layouts": list(reward.layouts), "protocol": PROTOCOL}
 
     @app.post("/score")
     async def score(request: Request) -> JSONResponse:
         try:
             _authorise(request, token)
             req = _parse(await _read_body(request, limits.max_body_bytes))
-            images, metadata = _decode(req, limits)
+            layout = _layout(req, reward)
+            images, metadata = _decode(req, limits, layout)
         except _Refusal as e:
             return e.response()
 
         def run() -> Any:
             with lock:
-                return reward(images, req.prompts, metadata)
+                return reward(images, req.prompts, metadata, layout=layout)
 
         ids = req.sample_ids
         try:
@@ -161,13 +167,28 @@ def _parse(body: bytes) -> ScoreRequest:
         raise _Refusal(422, "invalid request: " + "; ".join(lines), "bad_request") from None
 
 
-def _decode(req: ScoreRequest, limits: ServeLimits) -> tuple[torch.Tensor, list[Any]]:
-    """Images and metadata of a parsed request, with counts and sizes checked (``_Refusal`` otherwise)."""
+def _layout(req: ScoreRequest, reward: Reward) -> str:
+    """The request's sample layout: its ``layout`` (protocol 2), ``image`` for protocol 1; refused unless the
+    reward accepts it."""
+    if req.protocol == 1 and req.layout is not None:
+        raise _Refusal(422, "field layout needs protocol 2 (protocol 1 requests are image batches)", "bad_request",
+                       req.sample_ids[:8])
+    layout = req.layout or "image"
+    if layout not in reward.layouts:
+        raise _Refusal(422, f"reward {reward.name!r} accepts {' or '.join(reward.layouts)} samples, got a {layout} "
+                            "batch", "layout", req.sample_ids[:8])
+    return layout
+
+
+def _decode(req: ScoreRequest, limits: ServeLimits, layout: str = "image") -> tuple[torch.Tensor, list[Any]]:
+    """Samples (in ``layout``) and metadata of a parsed request, with counts and sizes checked (``_Refusal``
+    otherwise)."""
     ids = req.sample_ids
     b = len(ids)
-    if b == 0 or b > limits.max_images:
-        raise _Refusal(413 if b else 422, f"a request carries 1 to max_images = {limits.max_images} samples, got {b}",
-                       "batch_size", ids[:8])
+    n = b * max([len(x) for x in req.images or [] if isinstance(x, list)] + [1])  # images, frames included
+    if b == 0 or n > limits.max_images:
+        raise _Refusal(413 if b else 422, f"a request carries 1 to max_images = {limits.max_images} images (frames "
+                                          f"and views count), got {n}", "batch_size", ids[:8])
     if (req.images is None) == (req.tensor is None) or (req.images is None) != (req.format == "safetensors"):
         raise _Refusal(422, f"format {req.format!r} needs exactly the field "
                             f"{'images' if req.format == 'png' else 'tensor'}", "bad_request", ids)
@@ -179,11 +200,14 @@ def _decode(req: ScoreRequest, limits: ServeLimits) -> tuple[torch.Tensor, list[
         raise _Refusal(422, "sample_ids must be distinct", "bad_request", ids)
     try:
         if req.format == "png":
-            images = decode_png(req.images or [], ids, limits.max_side)
+            images = decode_samples(req.images or [], ids, limits.max_side, layout)
         else:
-            images = decode_safetensors(req.tensor or "", limits.max_side)
+            images = decode_safetensors(req.tensor or "", limits.max_side, layout)
         if images.shape[0] != b:
-            raise ProtocolError(f"tensor holds {images.shape[0]} images but sample_ids has {b}")
+            raise ProtocolError(f"tensor holds {images.shape[0]} samples but sample_ids has {b}")
+        if b * math.prod(images.shape[1:-3]) > limits.max_images:
+            raise _Refusal(413, f"a request carries at most max_images = {limits.max_images} images (frames and views "
+                                f"count), got {b * math.prod(images.shape[1:-3])}", "batch_size", ids[:8])
         metas = [metadata_from_json(m, f"metadata[{i}] (sample {ids[i]})") for i, m in enumerate(metadata)]
     except ProtocolError as e:
         raise _Refusal(422, str(e), "bad_payload", ids) from None
@@ -214,13 +238,32 @@ def decode_png(items: list[str], sample_ids: list[str], max_side: int) -> Tensor
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(torch.float32) / 255.0
 
 
-def decode_safetensors(text: str, max_side: int) -> Tensor:
-    """The inverse of :func:`encode_safetensors` for the ``tensor`` field: float32 ``images`` ``(B, 3, H, W)``."""
+def decode_samples(items: list, sample_ids: list[str], max_side: int, layout: str = "image") -> Tensor:
+    """The ``images`` field of a png request -> float32 samples in [0, 1] in ``layout``: B base64 PNGs for images,
+    B lists of N base64 PNGs (frames or views in order, N the same for every sample) otherwise."""
+    if layout == "image":
+        if not all(isinstance(x, str) for x in items):
+            raise ProtocolError("images must be a list of base64 PNGs (one per sample) for an image batch")
+        return decode_png(items, sample_ids, max_side)
+    if not all(isinstance(x, list) and x for x in items) or len({len(x) for x in items}) != 1:
+        raise ProtocolError(f"images must be, for a {layout} batch, one non-empty list of base64 PNGs per sample "
+                            "(its frames or views), all of one length")
+    n = len(items[0])
+    flat = decode_png([f for x in items for f in x], [f"{i}[{k}]" for i in sample_ids for k in range(n)], max_side)
+    return flat.view(len(items), n, *flat.shape[1:])
+
+
+def decode_safetensors(text: str, max_side: int, layout: str = "image") -> Tensor:
+    """The inverse of :func:`encode_safetensors` for the ``tensor`` field: float32 ``images`` in ``layout``,
+    ``(B, 3, H, W)``, ``(B, F, 3, H, W)`` or ``(B, V, 3, H, W)``."""
     x = decode_tensor(text, "images", "tensor")
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ProtocolError(f"tensor 'images' must be float32 (B, 3, H, W), got {x.dtype} {tuple(x.shape)}")
-    if max(x.shape[2:]) > max_side:
-        raise ProtocolError(f"tensor 'images' is {x.shape[3]}x{x.shape[2]}; the server allows sides <= {max_side}")
+    dims = LAYOUTS[layout]
+    if x.ndim != len(dims) or x.shape[-3] != 3:
+        want = ", ".join("3" if d == "C" else d for d in dims)
+        raise ProtocolError(f"tensor 'images' must be float32 ({want}) for a {layout} batch, got {x.dtype} "
+                            f"{tuple(x.shape)}")
+    if max(x.shape[-2:]) > max_side:
+        raise ProtocolError(f"tensor 'images' is {x.shape[-1]}x{x.shape[-2]}; the server allows sides <= {max_side}")
     return x
 
 

@@ -317,7 +317,9 @@ def test_server_validates_request_bodies(jpeg):
         ({**good, "prompts": [""]}, 422, "prompts has 1 entries but sample_ids has 2"),
         ({**good, "metadata": [{"$type": "builtins.eval"}, None]}, 422, r"metadata\[0\] \(sample a\)"),
         ({**good, "format": "safetensors"}, 422, "needs exactly the field tensor"),
-        ({**good, "protocol": 2}, 422, "protocol: Input should be 1"),
+        ({**good, "protocol": 3}, 422, "protocol: Input should be 1 or 2"),
+        ({**good, "layout": "image"}, 422, "field layout needs protocol 2"),
+        ({**good, "protocol": 2, "layout": "video"}, 422, "images must be, for a video batch, one non-empty list"),
     ]
     for body, code, match in cases:
         r = post(body)
@@ -453,3 +455,59 @@ def test_cli_parses_serve_reward_and_rejects_bad_options():
         build_reward("jpeg", ["qualty=3"])
     with pytest.raises(ValueError, match="expected KEY=VALUE"):
         build_reward("jpeg", ["quality"])
+
+
+# --------------------------------------------------------------------------------------------- layouts
+class FrameMeans(Reward):
+    """Test reward over videos: score = mean pixel, dense = the (B, F, H, W) per-frame, per-pixel channel mean."""
+
+    name, differentiable, granularity, layouts = "frame_means", False, "dense", ("video",)
+
+    def compute(self, images, prompts, metadata):
+        dense = images.mean(dim=2)
+        return RewardOutput(dense.flatten(1).mean(dim=1), dense=dense)
+
+
+def _clips(b: int = 4, n: int = 3, side: int = 16) -> torch.Tensor:
+    return torch.rand(b, n, 3, side, side, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("layout, fmt", [("video", "png"), ("multiview", "safetensors")])
+def test_clips_and_view_sets_score_remotely_as_locally(jpeg, layout, fmt):
+    url, _ = jpeg
+    x = _clips()
+    want = rewards.get("jpeg")(x, [""] * 4, layout=layout).scores
+    assert torch.equal(remote(url, layout=layout, format=fmt, deadline_s=10)(x, [""] * 4).scores, want)
+    health = httpx.get(f"{url}/health").json()
+    assert health["protocol"] == 2 and health["layouts"] == ["image", "video", "multiview"]
+
+
+def test_old_image_requests_keep_working(jpeg):
+    """A protocol 1 body (no layout field), as clients before protocol 2 send it, is an image batch."""
+    url, _ = jpeg
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    body = {"protocol": 1, "format": "png", "images": encode_png(x), "prompts": ["", ""], "sample_ids": ["a", "b"],
+            "metadata": [None, None]}
+    r = httpx.post(f"{url}/score", content=json.dumps(body), headers={"content-type": "application/json"})
+    assert r.status_code == 200 and r.json()["scores"] == rewards.get("jpeg")(x, ["", ""]).scores.tolist()
+
+
+def test_layouts_are_checked_on_both_sides(batch):
+    images, prompts, metas = batch
+    with serving(rewards.get("shapes_checker")) as (url, faulty):
+        client = remote(url, layout="video", deadline_s=10)
+        with pytest.raises(RewardInputError, match=r"accepts video \(B, F, C, H, W\) samples only"):
+            client(images, prompts, metas)  # refused before any request
+        assert faulty.seen == 0
+        with pytest.raises(RemoteRewardError, match=r"HTTP 422: reward 'shapes_checker' accepts image samples, got a "
+                                                     r"video batch"):
+            client(images[:, None].repeat(1, 2, 1, 1, 1), prompts, metas)
+
+
+def test_clip_dense_maps_travel_losslessly():
+    x = _clips()
+    want = FrameMeans()(x, [""] * 4)
+    with serving(FrameMeans()) as (url, _):
+        got = remote(url, layout="video", format="safetensors", granularity="dense", deadline_s=10)(x, [""] * 4)
+    assert want.dense.shape == (4, 3, 16, 16) and torch.equal(got.dense, want.dense)
+    assert torch.equal(got.scores, want.scores)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from vgrl._lazy import lazy
+from vgrl.algorithms._credit import check_map, per_sample
 from vgrl.algorithms._forward import NoisingOptions, unit_seed
 from vgrl.algorithms.base import Algorithm, Needs
 from vgrl.types import Batch, Cond, RewardOutput, Trajectory
@@ -50,16 +51,17 @@ class PairOptions(NoisingOptions):
 
 
 def focus_map(dense_w: Tensor, dense_l: Tensor, r_w: Tensor, r_l: Tensor, alpha: float) -> Tensor:
-    """``(P, H, W)`` per-pixel weights of a pair's denoising errors, mean 1 per pair (dense credit)::
+    """``(P, [N,] H, W)`` per-pixel (per frame / view and pixel) weights of a pair's denoising errors, mean 1
+    per pair (dense credit, :mod:`vgrl.algorithms._credit`)::
 
         m(x) = 1 + alpha (|r_w(x) - r_w| + |r_l(x) - r_l|),   then  m / mean_x m
 
     The comparison concentrates where either sample has local evidence (a correct or a wrong object);
     winner and loser share the map, so an identical pair still has ``z = 0`` and zero gradient.
     """
-    dev = (dense_w - r_w.view(-1, 1, 1)).abs() + (dense_l - r_l.view(-1, 1, 1)).abs()
+    dev = (dense_w - per_sample(r_w, dense_w)).abs() + (dense_l - per_sample(r_l, dense_l)).abs()
     m = 1.0 + alpha * dev.to(torch.float32)
-    return m / m.flatten(1).mean(dim=1).view(-1, 1, 1)
+    return m / per_sample(m.flatten(1).mean(dim=1), m)
 
 
 def select_pairs(rewards: Tensor, group_ids: Tensor, pairing: str, margin: float) -> tuple[Tensor, Tensor]:
@@ -121,10 +123,10 @@ def online_batch(traj: Trajectory, reward: RewardOutput, group_ids: Tensor, opti
     pick = (lambda seq: None if seq is None else [seq[i] for i in w.tolist()])
     focus = None
     if options.dense_credit > 0:
-        if reward.dense is None or reward.dense.ndim != 3:
-            raise ValueError("dense_credit > 0 needs a reward that returns a (B, H, W) dense map (e.g. "
-                             "reward: {name: shapes_checker, dense: true}); this reward returned "
-                             f"{None if reward.dense is None else tuple(reward.dense.shape)}")
+        if reward.dense is None:
+            raise ValueError("dense_credit > 0 needs a reward that returns a dense map (e.g. "
+                             "reward: {name: shapes_checker, dense: true}); this reward returned none")
+        check_map(reward.dense, len(scores), "dense_credit")
         focus = focus_map(reward.dense[w], reward.dense[l], scores[w], scores[l], options.dense_credit)
     batch = Batch(traj=traj_p, rewards=gap, adv=gap, group_ids=group_ids[w], prompts=pick(prompts),
                   metadata=pick(metadata), weights=focus)
@@ -132,7 +134,7 @@ def online_batch(traj: Trajectory, reward: RewardOutput, group_ids: Tensor, opti
     stats = {"pairs": float(len(w)), "pairs_per_group": len(w) / max(n_groups, 1),
              "pair_margin": gap.mean().item() if len(w) else 0.0}
     if focus is not None:
-        stats["focus_max"] = focus.amax(dim=(1, 2)).mean().item() if len(w) else 1.0
+        stats["focus_max"] = focus.flatten(1).amax(dim=1).mean().item() if len(w) else 1.0
     return batch, stats
 
 
@@ -143,6 +145,9 @@ def offline_batch(backbone, dataset, idx: list[int], seeds: Tensor, num_steps: i
     with the empty prompt too (``uncond_embeds``, used by ``npo``). ``rewards`` is the score margin
     ``chosen_score - rejected_score`` where the dataset has both scores, else NaN; ``adv`` is 1.
     """
+    if dataset.layout != backbone.layout:
+        raise ValueError(f"data.preferences holds {dataset.layout} samples but backbone {backbone.name!r} generates "
+                         f"{backbone.layout} samples")
     chosen, rejected = dataset.images(idx)
     with torch.no_grad():
         x0 = backbone.encode_images(torch.cat([chosen, rejected]))

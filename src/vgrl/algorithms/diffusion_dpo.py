@@ -27,7 +27,8 @@ offline``, ``data.preferences``); see :mod:`vgrl.algorithms._pairs` for the pair
 Dense credit (``dense_credit = alpha > 0``, online, with a reward returning per-pixel maps ``r(x)``,
 PatchDPO / HALO style): each mean error becomes a weighted mean under the pair's focus map
 ``m(x) ∝ 1 + alpha (|r_w(x) - r_w| + |r_l(x) - r_l|)`` (mean 1), shared by winner and loser, so the
-comparison concentrates on the pixels where either sample has local evidence.
+comparison concentrates on the pixels where either sample has local evidence; a video or view-set
+reward's ``(B, F|V, H, W)`` map weights frames (views) and pixels alike (:mod:`vgrl.algorithms._credit`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING
 
 
 from vgrl._lazy import lazy
+from vgrl.algorithms._credit import to_working_space
 from vgrl.algorithms._forward import denoising_error, draw, noise
 from vgrl.algorithms._pairs import PairOptions, PairwiseAlgorithm
 from vgrl.types import Batch, Cond, Trajectory
@@ -65,8 +67,8 @@ def pair_errors(backbone, ref, traj: Trajectory, unit: int, options: PairOptions
 
     Winner and loser of pair ``p`` share ``t`` and ``eps`` (drawn from ``traj.seeds[p]``). ``cond``
     overrides the pairs' conditioning (``npo`` trains the unconditional branch). ``focus``: optional
-    ``(P, H, W)`` per-pixel weights (dense credit, :func:`~vgrl.algorithms._pairs.focus_map`), area-resized
-    to the latent grid, that turn each mean error into a weighted mean. Returns ``err`` (with grad),
+    ``(P, [N,] H, W)`` weights (dense credit, :func:`~vgrl.algorithms._pairs.focus_map`), area-resized
+    to the working space (:mod:`vgrl.algorithms._credit`), that turn each mean error into a weighted mean. Returns ``err`` (with grad),
     ``ref_err`` (no grad) and ``t`` ``(P,)``.
     """
     p, shape = len(traj), tuple(traj.x0.shape[2:])
@@ -83,10 +85,7 @@ def pair_errors(backbone, ref, traj: Trajectory, unit: int, options: PairOptions
         err = denoising_error(pred, nz.target).view(p, 2)
         ref_err = denoising_error(ref_pred, nz.target).view(p, 2)
         return err, ref_err, t
-    if nz.target.ndim != 4:
-        raise ValueError(f"dense_credit supports image latents (B, C, h, w), got {tuple(nz.target.shape)}")
-    m = F.interpolate(focus[:, None].to(torch.float32), size=nz.target.shape[-2:], mode="area")
-    m = m.repeat_interleave(2, dim=0)
+    m = to_working_space(focus, nz.target[::2]).repeat_interleave(2, dim=0)
     err = (m * (pred.to(torch.float32) - nz.target) ** 2).flatten(1).mean(dim=1).view(p, 2)
     ref_err = (m * (ref_pred.to(torch.float32) - nz.target) ** 2).flatten(1).mean(dim=1).view(p, 2)
     return err, ref_err, t
@@ -102,7 +101,7 @@ def preference_loss(backbone, ref, batch: Batch, unit: int, options: PairOptions
     """
     if ref is None:
         raise ValueError(f"{'npo' if invert else 'diffusion_dpo'} needs the frozen reference model (ref=)")
-    focus = batch.weights if batch.weights is not None and batch.weights.ndim == 3 else None
+    focus = batch.weights if batch.weights is not None and batch.weights.ndim > 1 else None
     err, ref_err, t = pair_errors(backbone, ref, batch.traj, unit, options, cond, focus)
     if invert:
         err, ref_err = err.flip(1), ref_err.flip(1)

@@ -31,7 +31,9 @@ clip(A_i(x) / adv_clip, -1, 1)``, area-resized to the latent grid and shared by 
 becomes ``mean_dims [p(x) e+(x) + (1 - p(x)) e-(x)]`` with the per-element errors ``e`` of ``D``. Where
 the map equals the score (background) nothing changes; pixels of a correct object lean to the
 positive policy and pixels of a wrong one to the negative policy, even inside a sample whose total
-reward is average (HALO / PatchDPO-style credit routing, applied to NFT's implicit policies).
+reward is average (HALO / PatchDPO-style credit routing, applied to NFT's implicit policies). A video or
+view-set reward's map ``(B, F|V, H, W)`` (per frame or view and pixel) is resized over frames / views too
+(:mod:`vgrl.algorithms._credit`).
 With ``dense_center: group`` the deviations ``r_i(x) - r_i`` on evidence pixels (where the map differs from the
 score) are shifted, per prompt group, by their mean over the group's evidence pixels, so that the map ranks the
 group's objects against each other without a net push on the places where objects are drawn (on the shapes
@@ -73,6 +75,7 @@ from pydantic import Field, model_validator
 
 from vgrl._lazy import lazy
 from vgrl.advantages import group_advantages
+from vgrl.algorithms._credit import check_map, per_sample, to_working_space
 from vgrl.algorithms._forward import Noised, NoisingOptions, denoising_error, noised
 from vgrl.algorithms._old_policy import OldPolicy
 from vgrl.algorithms.base import Algorithm, Needs
@@ -141,15 +144,15 @@ def adaptive_error(x0_hat: Tensor, x0: Tensor) -> Tensor:
 
 def dense_optimality(adv: Tensor, scores: Tensor, dense: Tensor, lam: float, adv_clip: float,
                      eps: float, group_ids: Tensor | None = None) -> Tensor:
-    """``(B, H, W)`` optimality map ``optimality(A_i + lam (r_i(x) - r_i) / (std(r) + eps))``.
+    """Optimality map ``optimality(A_i + lam (r_i(x) - r_i) / (std(r) + eps))`` of the reward's ``dense`` map,
+    ``(B, H, W)`` per pixel or ``(B, F|V, H, W)`` per frame or view (:mod:`vgrl.algorithms._credit`).
 
     With ``group_ids`` (``dense_center: group``) the deviations on evidence pixels (``|r_i(x) - r_i| >
     EVIDENCE_TOL``) are shifted, per prompt group, by their mean over the group's evidence pixels: the map
     then only ranks a group's objects against each other; the background is unchanged."""
-    if dense.ndim != 3 or dense.shape[0] != adv.shape[0]:
-        raise ValueError(f"nft dense_credit needs a (B, H, W) per-pixel reward map, got {tuple(dense.shape)}")
+    check_map(dense, adv.shape[0], "nft dense_credit")
     sigma = scores.to(torch.float32).std(unbiased=False)
-    raw = dense.to(torch.float32) - scores.to(torch.float32).view(-1, 1, 1)
+    raw = dense.to(torch.float32) - per_sample(scores.to(torch.float32), dense)
     dev = raw / (sigma + eps)
     if group_ids is not None:
         evidence = (raw.abs() > EVIDENCE_TOL).to(torch.float32)
@@ -157,17 +160,15 @@ def dense_optimality(adv: Tensor, scores: Tensor, dense: Tensor, lam: float, adv
         total = torch.zeros(n).index_add_(0, group_ids, (dev * evidence).flatten(1).sum(dim=1))
         count = torch.zeros(n).index_add_(0, group_ids, evidence.flatten(1).sum(dim=1))
         mean = total / count.clamp(min=1)
-        dev = dev - evidence * mean[group_ids].view(-1, 1, 1)
-    return optimality(adv.view(-1, 1, 1) + lam * dev, adv_clip)
+        dev = dev - evidence * per_sample(mean[group_ids], dense)
+    return optimality(per_sample(adv, dense) + lam * dev, adv_clip)
 
 
 def _broadcast_p(p: Tensor, like: Tensor) -> Tensor:
-    """``p`` ``(B,)`` or a ``(B, H, W)`` map -> broadcastable to ``like`` ``(B, C, h, w)`` (area resize)."""
+    """``p`` ``(B,)`` or a ``(B, [N,] H, W)`` map -> broadcastable to ``like`` (area resize, :mod:`._credit`)."""
     if p.ndim == 1:
-        return p.view(-1, *([1] * (like.ndim - 1)))
-    if like.ndim != 4:
-        raise ValueError(f"nft dense_credit supports image latents (B, C, h, w), got {tuple(like.shape)}")
-    return torch.nn.functional.interpolate(p[:, None].to(torch.float32), size=like.shape[-2:], mode="area")
+        return per_sample(p, like)
+    return to_working_space(p, like, "nft dense_credit")
 
 
 def nft_terms(pred: Tensor, old: Tensor, nz: Noised, x0: Tensor, p: Tensor, beta: float,
@@ -177,7 +178,7 @@ def nft_terms(pred: Tensor, old: Tensor, nz: Noised, x0: Tensor, p: Tensor, beta
     Args:
         pred: ``(B, *S)`` current prediction (with grad); ``old``: the old policy's, no grad.
         nz: the noised batch (``x_t``, ``target``, ``x0_hat`` coefficients); ``x0``: ``(B, *S)``.
-        p: ``(B,)`` optimality probabilities, or a ``(B, H, W)`` map (dense credit).
+        p: ``(B,)`` optimality probabilities, or a ``(B, [N,] H, W)`` map (dense credit).
         weighting: ``adaptive`` or ``none``.
     """
     pred, old = pred.to(torch.float32), old.to(torch.float32).detach()
@@ -227,7 +228,7 @@ class NFT(Algorithm):
                                  "reward: {name: shapes_checker, dense: true}); this reward returned none")
             dense_p = dense_optimality(adv, reward.scores, reward.dense, o.dense_credit, o.adv_clip, o.eps,
                                        group_ids if o.dense_center == "group" else None)
-            self._stats["dense_p_spread"] = (dense_p - p.view(-1, 1, 1)).abs().mean().item()
+            self._stats["dense_p_spread"] = (dense_p - per_sample(p, dense_p)).abs().mean().item()
             p = dense_p
         return Batch(traj=traj, rewards=reward.scores, adv=adv, group_ids=group_ids, prompts=prompts,
                      metadata=metadata, weights=p)

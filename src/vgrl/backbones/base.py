@@ -177,10 +177,16 @@ class PipelineBackbone(Backbone):
         return self
 
 
-def check_images(images: Tensor, size: int) -> None:
-    """Raise unless ``images`` is ``(B, 3, size, size)`` (what ``encode_images`` takes at this resolution)."""
-    if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != (size, size):
-        raise ValueError(f"encode_images takes RGB images (B, 3, {size}, {size}) at this model's resolution "
+def check_images(images: Tensor, size: int, layout: str = "image") -> None:
+    """Raise unless ``images`` is a batch in ``layout`` of RGB ``size x size`` frames (what ``encode_images`` takes
+    at this resolution): ``(B, 3, size, size)`` for images, ``(B, N, 3, size, size)`` for videos / view sets."""
+    from vgrl.layouts import LAYOUTS
+
+    dims = LAYOUTS[layout]
+    if images.ndim != len(dims) or images.shape[-3] != 3 or tuple(images.shape[-2:]) != (size, size):
+        want = ", ".join({"C": "3", "H": str(size), "W": str(size)}.get(d, d) for d in dims)
+        what = "images" if layout == "image" else f"{layout} samples"
+        raise ValueError(f"encode_images takes RGB {what} ({want}) at this model's resolution "
                          f"{size}, got {tuple(images.shape)}")
 
 

@@ -11,6 +11,11 @@ relative to the index's directory (no absolute paths, no ``..``), any format Pil
 (unique), ``metadata`` (any JSON) and the finite numbers ``chosen_score`` / ``rejected_score`` are
 optional; any other key is kept as is, so reading and writing a dataset loses nothing.
 
+Clips and view sets (``"layout": "video"`` or ``"multiview"``; absent means ``"image"``): ``chosen`` and
+``rejected`` are then lists of image paths, a clip's frames (a view set's views) in order, written as
+numbered PNGs (``clips/p0001_a/000.png``, ...); both sides hold the same number. A dataset holds one
+layout and one frame (view) count.
+
 A parquet index (read with pyarrow, the ``parquet`` extra, imported only then) has the same fields as
 columns, one row per pair: struct, map and list cells become plain dicts and lists, a null cell is an
 absent field, and a column of a type JSON cannot hold (timestamps, bytes, decimals) is refused. Rows go
@@ -25,14 +30,14 @@ a duplicate pair (same prompt and the same chosen and rejected image *contents* 
 
 Saved rollouts (``log.save_rollouts: true``): ``RUN/rollouts/iter_XXXXX/index.jsonl`` with one line per
 sample (``image``, ``prompt``, ``metadata``, ``reward``, ``group``, ``prompt_id``, ``seed``) and the
-decoded images as PNG. :func:`pairs_from_run` (``vgrl pairs``) pairs the best and the worst sample of
+decoded images as PNG; a video or view set has ``layout`` and ``frames`` (its numbered PNGs) instead of
+``image``. :func:`pairs_from_run` (``vgrl pairs``) pairs the best and the worst sample of
 each group whose reward margin is at least ``margin`` (and positive).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import shutil
@@ -43,6 +48,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vgrl.data._files import check_files, sample_errors, write_frames
 from vgrl.data._parquet import is_parquet, read_parquet
 
 INDEX = "pairs.jsonl"
@@ -80,12 +86,22 @@ class PreferenceRecord:
         return self.raw["prompt"]
 
     @property
-    def chosen(self) -> str:
+    def chosen(self) -> str | list[str]:
         return self.raw["chosen"]
 
     @property
-    def rejected(self) -> str:
+    def rejected(self) -> str | list[str]:
         return self.raw["rejected"]
+
+    @property
+    def layout(self) -> str:
+        """``image`` (one file per side) unless the record says ``video`` / ``multiview`` (a list per side)."""
+        return self.raw.get("layout", "image")
+
+    def files(self, key: str) -> list[str]:
+        """The image files of side ``key`` (``chosen`` or ``rejected``), frames (views) in order."""
+        value = self.raw[key]
+        return [value] if isinstance(value, str) else list(value)
 
     @property
     def metadata(self) -> Any:
@@ -103,7 +119,8 @@ class PreferenceRecord:
 
 @dataclass
 class PreferenceDataset:
-    """A validated dataset: its index, records and the common image size ``(width, height)`` of each pair."""
+    """A validated dataset: its index, records and the common image size ``(width, height)`` of each pair
+    (every frame / view of a clip has it)."""
 
     index: Path
     records: list[PreferenceRecord]
@@ -117,6 +134,11 @@ class PreferenceDataset:
     def __len__(self) -> int:
         return len(self.records)
 
+    @property
+    def layout(self) -> str:
+        """The samples' layout (:mod:`vgrl.layouts`), one per dataset."""
+        return self.records[0].layout
+
     @classmethod
     def load(cls, path: str | Path) -> PreferenceDataset:
         """Read and validate ``path``: an index file (jsonl, or parquet by its ``.parquet`` suffix or
@@ -128,11 +150,17 @@ class PreferenceDataset:
             lines = enumerate(index.read_text(encoding="utf-8").splitlines(), start=1)
             unit, entries = "line", [(n, text) for n, text in lines if text.strip()]
         problems: list[str] = []
-        records, sizes, seen_ids, seen_pairs = [], [], {}, {}
+        records, sizes, seen_ids, seen_pairs, first = [], [], {}, {}, None
         for n, entry in entries:
             rec, errors = _parse(n, entry, unit)
+            if rec is not None and not errors:
+                shape = (rec.layout, len(rec.files("chosen")))
+                first = first or (n, shape)
+                if shape != first[1]:
+                    errors.append(f"{_shape_text(shape)} but {unit} {first[0]} has {_shape_text(first[1])}: a "
+                                  "dataset holds one layout and one frame (view) count")
             if rec is not None:
-                size, image_errors, key = _check_images(index.parent, rec)
+                size, image_errors, key = check_files(index.parent, rec)
                 errors += image_errors
                 if "id" in rec.raw:
                     if rec.raw["id"] in seen_ids:
@@ -155,12 +183,14 @@ class PreferenceDataset:
         return cls(index, records, sizes)
 
     def images(self, idx: list[int]) -> tuple[Any, Any]:
-        """Chosen and rejected images of records ``idx``: two ``(n, 3, H, W)`` float32 tensors in [0, 1]."""
+        """Chosen and rejected samples of records ``idx``: two float32 tensors in [0, 1] in the dataset's
+        layout, ``(n, 3, H, W)`` for images, ``(n, F, 3, H, W)`` / ``(n, V, 3, H, W)`` for clips / view sets."""
         import torch
 
         def stack(key: str):
-            arrays = [self._pixels(getattr(self.records[i], key)) for i in idx]
-            return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(torch.float32) / 255.0
+            arrays = [np.stack([self._pixels(f) for f in self.records[i].files(key)]) for i in idx]
+            x = torch.from_numpy(np.stack(arrays)).permute(0, 1, 4, 2, 3).to(torch.float32) / 255.0
+            return x[:, 0] if self.layout == "image" else x
 
         return stack("chosen"), stack("rejected")
 
@@ -190,7 +220,7 @@ class PreferenceDataset:
             raise FileExistsError(f"{out / PARQUET_INDEX} exists: saving writes {INDEX} beside it and the folder "
                                   "would hold two indexes; choose another folder (nothing was written)")
         for rec in self.records:
-            for rel in (rec.chosen, rec.rejected):
+            for rel in rec.files("chosen") + rec.files("rejected"):
                 (out / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(self.root / rel, out / rel)
         return write_index(out / INDEX, [r.raw for r in self.records])
@@ -229,52 +259,23 @@ def _parse(n: int, entry: str | Any, unit: str = "line") -> tuple[PreferenceReco
     if "prompt" in raw and (not isinstance(raw["prompt"], str) or not raw["prompt"].strip()):
         errors.append("empty prompt" if isinstance(raw["prompt"], str) else f"prompt must be a string, got "
                       f"{type(raw['prompt']).__name__}")
-    for key in ("chosen", "rejected"):
-        if key in raw:
-            errors += [f"{key}: {e}" for e in _path_errors(raw[key])]
+    errors += sample_errors(raw)
     for key in ("chosen_score", "rejected_score"):
         v = raw.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
             errors.append(f"{key} must be a finite number or null, got {v!r}")
-    if not errors and PurePosixPath(raw["chosen"]) == PurePosixPath(raw["rejected"]):
-        errors.append(f"chosen and rejected are the same file {raw['chosen']!r}")
-    return PreferenceRecord(n, raw, unit), errors
+    rec = PreferenceRecord(n, raw, unit)
+    if not errors:
+        chosen, rejected = (tuple(map(PurePosixPath, rec.files(k))) for k in ("chosen", "rejected"))
+        if len(chosen) != len(rejected):
+            errors.append(f"chosen has {len(chosen)} frames (views) but rejected has {len(rejected)}")
+        elif chosen == rejected:
+            errors.append(f"chosen and rejected are the same file{'s' if len(chosen) > 1 else ''} {raw['chosen']!r}")
+    return rec, errors
 
 
-def _path_errors(value: Any) -> list[str]:
-    if not isinstance(value, str) or not value.strip():
-        return [f"expected an image path relative to the index, got {value!r}"]
-    p = PurePosixPath(value)
-    if p.is_absolute() or ".." in p.parts:
-        return [f"{value!r} must be relative to the index's directory (no absolute path, no '..')"]
-    return []
-
-
-def _check_images(root: Path, rec: PreferenceRecord) -> tuple[tuple[int, int] | None, list[str], tuple | None]:
-    """Open both images fully (a truncated or corrupt file fails); their common size, errors, and the
-    duplicate key ``(prompt, sha256 chosen, sha256 rejected)``. Skipped when the paths are invalid."""
-    if any(k not in rec.raw or _path_errors(rec.raw[k]) for k in ("chosen", "rejected")):
-        return None, [], None
-    sizes, digests, errors = {}, {}, []
-    for key in ("chosen", "rejected"):
-        path = root / rec.raw[key]
-        if not path.is_file():
-            errors.append(f"{key} image {rec.raw[key]!r} not found (looked for {path})")
-            continue
-        data = path.read_bytes()
-        try:
-            with Image.open(path) as im:
-                im.load()
-                sizes[key] = im.size
-        except Exception as e:  # Pillow raises many types for bad files  # noqa: BLE001
-            errors.append(f"{key} image {rec.raw[key]!r} is not a readable image ({type(e).__name__}: {e})")
-            continue
-        digests[key] = hashlib.sha256(data).hexdigest()
-    if len(sizes) == 2 and sizes["chosen"] != sizes["rejected"]:
-        (cw, ch), (rw, rh) = sizes["chosen"], sizes["rejected"]
-        errors.append(f"unequal image sizes: chosen is {cw}x{ch}, rejected is {rw}x{rh}")
-    key = (rec.raw.get("prompt"), digests["chosen"], digests["rejected"]) if len(digests) == 2 else None
-    return sizes.get("chosen"), errors, key
+def _shape_text(shape: tuple[str, int]) -> str:
+    return "layout 'image'" if shape[0] == "image" else f"layout {shape[0]!r} with {shape[1]} frames (views)"
 
 
 def write_index(path: str | Path, rows: list[dict[str, Any]]) -> Path:
@@ -296,18 +297,24 @@ def jsonable(meta: Any) -> Any:
 
 
 def save_rollouts(out_dir: str | Path, images, prompts: list[str], metadata: list[Any], rewards, group_ids,
-                  prompt_ids: list[int], seeds) -> Path:
-    """Write one iteration's decoded images ``(B, 3, H, W)`` in [0, 1] as PNG and its ``index.jsonl``."""
+                  prompt_ids: list[int], seeds, layout: str = "image") -> Path:
+    """Write one iteration's decoded samples in [0, 1] as PNG and its ``index.jsonl``: an image batch
+    ``(B, 3, H, W)`` as ``images/0000.png`` ... (field ``image``); a video / view-set batch ``(B, N, 3, H, W)`` as
+    ``images/0000/000.png`` ... (fields ``layout`` and ``frames``)."""
     import torch
+
+    from vgrl.layouts import as_frames
 
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    frames = as_frames(images.detach().float().clamp(0, 1), layout)
+    pixels = (frames * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
     rows = []
     for i in range(len(prompts)):
-        rel = f"images/{i:04d}.png"
-        Image.fromarray(pixels[i].permute(1, 2, 0).cpu().numpy()).save(out / rel)
-        rows.append({"sample": i, "image": rel, "prompt": prompts[i], "metadata": jsonable(metadata[i]),
+        stem = f"images/{i:04d}"
+        files = write_frames(out, stem, pixels[i], layout)
+        where = {"image": files[0]} if layout == "image" else {"layout": layout, "frames": files}
+        rows.append({"sample": i, **where, "prompt": prompts[i], "metadata": jsonable(metadata[i]),
                      "reward": float(rewards[i]), "group": int(group_ids[i]), "prompt_id": int(prompt_ids[i]),
                      "seed": int(seeds[i])})
     return write_index(out / ROLLOUT_INDEX, rows)
@@ -335,13 +342,17 @@ def pairs_from_run(run_dir: str | Path, out_dir: str | Path, margin: float = 0.0
             gap = best["reward"] - worst["reward"]
             if not (gap > 0 and gap >= margin):
                 continue
-            pair = {}
+            pair, layout = {}, best.get("layout", "image")
             for role, s in (("chosen", best), ("rejected", worst)):
-                rel = f"images/{it}_{s['sample']:04d}.png"
-                (out / "images").mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(index.parent / s["image"], out / rel)
-                pair[role] = rel
-            rows.append({"id": f"{it}-group{group:03d}", "prompt": best["prompt"], "metadata": best["metadata"],
+                files = s["frames"] if "frames" in s else [s["image"]]
+                rels = [f"images/{it}_{s['sample']:04d}.png"] if "image" in s else [
+                    f"images/{it}_{s['sample']:04d}/{k:03d}.png" for k in range(len(files))]
+                for src, rel in zip(files, rels):
+                    (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(index.parent / src, out / rel)
+                pair[role] = rels[0] if "image" in s else rels
+            rows.append({"id": f"{it}-group{group:03d}", **({} if layout == "image" else {"layout": layout}),
+                         "prompt": best["prompt"], "metadata": best["metadata"],
                          "chosen": pair["chosen"], "rejected": pair["rejected"], "chosen_score": best["reward"],
                          "rejected_score": worst["reward"],
                          "source": {"run": str(run_dir), "iteration": it, "group": group,

@@ -231,13 +231,17 @@ def _skip_section(skips: list[dict], train: list[dict]) -> str:
 
 
 def _figure(path: Path, caption: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f"<figure><img src='data:image/png;base64,{data}' alt='{escape(path.name)}'>"
+    """``path`` inline (base64); a video's grid, when ``path.gif`` is beside the PNG, as its animated GIF."""
+    gif = path.with_suffix(".gif")
+    shown, mime = (gif, "gif") if gif.is_file() else (path, "png")
+    data = base64.b64encode(shown.read_bytes()).decode("ascii")
+    return (f"<figure><img src='data:image/{mime};base64,{data}' alt='{escape(shown.name)}'>"
             f"<figcaption>{escape(caption)}</figcaption></figure>")
 
 
 def _grid_section(grids: Path) -> str:
-    """``eval_before.png`` and ``eval_after.png`` side by side, then the latest ``train_*.png``."""
+    """``eval_before.png`` and ``eval_after.png`` side by side, then the latest ``train_*.png`` (each grid shown as
+    its animated ``.gif`` where the run wrote one: video samples)."""
     parts = ["<h2>Samples</h2><div class='row'>"]
     for name, caption in (("eval_before", "held-out samples before training"),
                           ("eval_after", "held-out samples after training")):

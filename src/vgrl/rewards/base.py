@@ -1,4 +1,4 @@
-"""The reward contract: ``(images, prompts, metadata) -> RewardOutput``, validated at both ends.
+"""The reward contract: ``(samples, prompts, metadata) -> RewardOutput``, validated at both ends.
 
 A reward judges a batch of generated samples. It declares, as class attributes:
 
@@ -10,7 +10,9 @@ A reward judges a batch of generated samples. It declares, as class attributes:
 * ``granularity``: ``"pointwise"`` (sample ``i``'s score depends on sample ``i`` only, so scoring a
   batch in pieces changes nothing), ``"groupwise"`` (scores depend on the rest of the batch, e.g. a
   batch-standardised composition) or ``"dense"`` (pointwise plus a credit map in ``dense``).
-* ``layouts``: the sample layouts it accepts (:mod:`vgrl.layouts`; ``("image",)`` by default).
+* ``layouts``: the sample layouts it accepts (:mod:`vgrl.layouts`; ``("image",)`` by default): image
+  ``(B, 3, H, W)``, video ``(B, F, 3, H, W)``, multi-view ``(B, V, 3, H, W)``. A batch of a layout the
+  reward does not declare is refused in one line before ``compute`` sees it.
 * ``Options``: a pydantic model (``extra="forbid"``) of its options; the constructor validates through it.
 
 A reward never returns zeros (or any placeholder) in place of a failure: it raises.
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict
 
 from vgrl._lazy import lazy
+from vgrl.layouts import LAYOUTS, describe
 from vgrl.types import RewardOutput
 
 if TYPE_CHECKING:
@@ -55,19 +58,24 @@ class RewardInputError(ValueError):
 
 
 class Reward(ABC):
-    """Scores a batch of images against their prompts.
+    """Scores a batch of samples (images, videos or view sets) against their prompts.
 
-    Call it as ``reward(images, prompts, metadata)``:
+    Call it as ``reward(samples, prompts, metadata, layout=None)``:
 
     Args:
-        images: ``(B, 3, H, W)`` floating tensor with values in [0, 1] (decoded pixels).
+        samples: floating tensor with values in [0, 1] (decoded pixels) in one of the reward's ``layouts``:
+            ``(B, 3, H, W)``, ``(B, F, 3, H, W)`` or ``(B, V, 3, H, W)``.
         prompts: ``B`` prompt strings.
         metadata: ``B`` per-sample metadata objects (entries may be None), or None for "no metadata"
             (same as ``[None] * B``).
+        layout: the batch's layout (the backbone's ``layout``); None: the declared layout with the batch's
+            number of dimensions (a 4-D batch is an image batch).
 
     Returns:
-        :class:`RewardOutput` with ``scores`` ``(B,)`` float32, finite, on ``images.device``;
-        ``details`` of per-sample values for logging; ``dense`` ``(B, ...)`` or None.
+        :class:`RewardOutput` with ``scores`` ``(B,)`` float32, finite, on ``samples.device``;
+        ``details`` of per-sample values for logging; ``dense`` or None: a credit map with the layout's
+        leading axes and a spatial grid, ``(B, h, w)`` for images, ``(B, F, h, w)`` / ``(B, V, h, w)``
+        otherwise (``h = w = 1``: one credit per frame or view).
 
     Subclasses implement :meth:`compute`, which receives validated inputs (``metadata`` as a list).
     """
@@ -104,8 +112,8 @@ class Reward(ABC):
         """Score validated inputs; see the class docstring for shapes."""
 
     def __call__(self, images: Tensor, prompts: Sequence[str],
-                 metadata: Sequence[Any] | None = None) -> RewardOutput:
-        prompts, metadata = check_inputs(images, prompts, metadata)
+                 metadata: Sequence[Any] | None = None, layout: str | None = None) -> RewardOutput:
+        prompts, metadata = check_inputs(images, prompts, metadata, self.layouts, layout, f"reward {self.name!r}")
         if self.differentiable:
             out = self.compute(images, prompts, metadata)
         else:
@@ -141,23 +149,57 @@ class Reward(ABC):
             raise NonFiniteRewardError(f"{who}: non-finite scores for samples {rows}", rows)
         if not isinstance(out.details, dict):
             raise TypeError(f"{who}: details must be a dict, got {type(out.details).__name__}")
-        if out.dense is not None and (out.dense.ndim < 2 or out.dense.shape[0] != b):
-            raise TypeError(f"{who}: dense must have shape ({b}, ...), got {tuple(out.dense.shape)}")
+        lead = tuple(images.shape[:-3])  # (B,) or (B, N): the dense map's leading axes, then a grid
+        if out.dense is not None and (out.dense.ndim != len(lead) + 2 or tuple(out.dense.shape[:len(lead)]) != lead):
+            want = ", ".join(map(str, lead))
+            raise TypeError(f"{who}: dense must have shape ({want}, h, w), got {tuple(out.dense.shape)}")
         if self.differentiable and images.requires_grad and torch.is_grad_enabled() and not s.requires_grad:
             raise RuntimeError(f"{who} declares differentiable=True but its scores carry no gradient")
 
 
-def check_inputs(images: Any, prompts: Any, metadata: Any) -> tuple[list[str], list[Any]]:
+def resolve_layout(samples: Tensor, layouts: Sequence[str], layout: str | None = None,
+                   who: str = "the reward") -> str:
+    """The layout of ``samples`` among ``layouts`` (given as ``layout``, else the one whose number of
+    dimensions ``samples`` has); :class:`RewardInputError` in one line when it is not accepted."""
+    accepts = " or ".join(describe(name) for name in layouts)
+    if layout is not None:
+        if layout not in LAYOUTS:
+            raise RewardInputError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        if layout not in layouts:
+            raise RewardInputError(f"{who} accepts {accepts} samples only, got {'an' if layout == 'image' else 'a'} "
+                                   f"{layout} batch of shape "
+                                   f"{tuple(samples.shape)}")
+        if samples.ndim != len(LAYOUTS[layout]):
+            raise RewardInputError(f"a {describe(layout)} batch has {len(LAYOUTS[layout])} dimensions, got shape "
+                                   f"{tuple(samples.shape)}")
+        return layout
+    fits = [name for name in layouts if len(LAYOUTS[name]) == samples.ndim]
+    if not fits:
+        kinds = [name for name in LAYOUTS if len(LAYOUTS[name]) == samples.ndim]
+        if not kinds:
+            shapes = " or ".join("(" + ", ".join("3" if d == "C" else d for d in LAYOUTS[n]) + ")" for n in layouts)
+            raise RewardInputError(f"images must have shape {shapes}, got {tuple(samples.shape)}")
+        raise RewardInputError(f"{who} accepts {accepts} samples only, got a {samples.ndim}-D "
+                               f"({' or '.join(kinds)}) batch of shape {tuple(samples.shape)}")
+    return fits[0]
+
+
+def check_inputs(images: Any, prompts: Any, metadata: Any, layouts: Sequence[str] = ("image",),
+                 layout: str | None = None, who: str = "the reward") -> tuple[list[str], list[Any]]:
     """Validate a reward's inputs; return ``prompts`` and ``metadata`` as lists (``None`` -> ``[None] * B``).
 
+    ``images`` (the samples) must be a batch of 3-channel pixels in one of ``layouts``
+    (:func:`resolve_layout`: ``layout`` names it, else its number of dimensions picks it).
     Raises :class:`RewardInputError` (a ``ValueError``) or ``TypeError`` naming the argument.
     """
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
     if not images.is_floating_point():
         raise TypeError(f"images must be a floating-point tensor with values in [0, 1], got {images.dtype}")
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise RewardInputError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
+    layout = resolve_layout(images, layouts, layout, who)
+    if images.shape[-3] != 3:
+        dims = ", ".join("3" if d == "C" else d for d in LAYOUTS[layout])
+        raise RewardInputError(f"images must have shape ({dims}), got {tuple(images.shape)}")
     b = images.shape[0]
     if b == 0:
         raise RewardInputError("images is an empty batch (B = 0)")

@@ -187,6 +187,7 @@ class Compose(Reward):
     name = "compose"
     differentiable = False  # per instance: every term differentiable
     granularity = "groupwise"  # per instance: see the class docstring
+    # layouts, per instance: those every term accepts
     Options: ClassVar[type[RewardOptions]] = ComposeOptions
 
     def __init__(self, terms: Sequence[tuple[Reward, float, str]], **options: Any) -> None:
@@ -196,6 +197,10 @@ class Compose(Reward):
         batchwise = self.options.normalise != "none" or any(t.reward.granularity == "groupwise"
                                                               for t in self.terms)
         self.granularity = "groupwise" if batchwise else "pointwise"
+        self.layouts = tuple(x for x in self.terms[0].reward.layouts if all(x in t.reward.layouts for t in self.terms))
+        if not self.layouts:
+            raise ValueError("compose: the terms accept no common sample layout (" + ", ".join(
+                f"{t.name}: {'/'.join(t.reward.layouts)}" for t in self.terms) + ")")
 
     def __repr__(self) -> str:
         terms = ", ".join(f"({t.reward!r}, {t.weight}, {t.name!r})" for t in self.terms)

@@ -7,7 +7,8 @@ JPEG encoder at ``quality``; with ``|J(u)|`` the file size in bytes and ``size_k
 * ``mode="incompressibility"``: ``r = +size_kb`` (busier, high-frequency images score higher).
 
 The encoder is deterministic, so the reward is a pure function of the 8-bit image; it has no
-gradient (quantisation and entropy coding are piecewise constant).
+gradient (quantisation and entropy coding are piecewise constant). A video or a view set scores the
+mean ``size_kb`` of its frames (views).
 """
 
 from __future__ import annotations
@@ -52,10 +53,13 @@ class JpegCompressibility(Reward):
     name = "jpeg"
     differentiable = False
     granularity = "pointwise"
+    layouts = ("image", "video", "multiview")
     Options: ClassVar[type[RewardOptions]] = JpegOptions
 
     def compute(self, images: Tensor, prompts: list[str], metadata: list[Any]) -> RewardOutput:
-        size_kb = torch.tensor(jpeg_size_kb(images, self.options.quality), dtype=torch.float32)
+        frames = images.flatten(0, -4)  # (B * N, 3, H, W): every frame (view) of every sample
+        size_kb = torch.tensor(jpeg_size_kb(frames, self.options.quality), dtype=torch.float32)
+        size_kb = size_kb.view(images.shape[0], -1).mean(dim=1)
         sign = -1.0 if self.options.mode == "compressibility" else 1.0
         return RewardOutput(scores=(sign * size_kb).to(images.device), details={"size_kb": size_kb})
 

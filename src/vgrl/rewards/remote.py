@@ -1,12 +1,17 @@
 """A reward computed by a server: the client of ``vgrl serve-reward`` (:mod:`vgrl.serve`).
 
-The batch goes to ``POST {url}/score`` as JSON (protocol 1; never pickle, so a request can carry data
-but no code)::
+The batch goes to ``POST {url}/score`` as JSON (never pickle, so a request can carry data but no code)::
 
-    {"protocol": 1, "format": "png" | "safetensors",
-     "images": [base64 PNG, ...]          (format png: 8-bit RGB, u = round(255 x))
-     "tensor": base64 safetensors          (format safetensors: one float32 tensor "images" (B, 3, H, W))
+    {"protocol": 2, "layout": "image" | "video" | "multiview", "format": "png" | "safetensors",
+     "images": [base64 PNG, ...]          (format png: 8-bit RGB, u = round(255 x); a video / view set:
+                                           one list of PNGs per sample, its frames / views in order)
+     "tensor": base64 safetensors          (format safetensors: one float32 tensor "images" in the layout,
+                                           (B, 3, H, W), (B, F, 3, H, W) or (B, V, 3, H, W))
      "prompts": [str] * B, "metadata": [JSON] * B, "sample_ids": [str] * B}
+
+Protocol 1 is the same body without ``layout``: an image batch. The client sends image batches as
+protocol 1 (so it also talks to servers older than protocol 2) and videos / view sets as protocol 2;
+the server takes both. The option ``layout`` declares what the served reward judges.
 
 and the answer is ``{"scores": [float] * B, "details": {...}, "sample_ids": [...], "reward": name,
 "granularity": ..., "dense": base64 safetensors "dense" (B, ...) or null}``. ``png`` sends what an
@@ -64,7 +69,7 @@ torch = lazy("torch")
 st_load = lazy_function("safetensors.torch", "load")
 st_save = lazy_function("safetensors.torch", "save")
 
-PROTOCOL = 1
+PROTOCOL = 2  # the newest request version; protocol 1 (no ``layout`` field) is an image batch
 TYPE_KEY = "$type"
 METADATA_TYPES: dict[str, type] = {"shapes.PromptMeta": PromptMeta, "shapes.ObjectSpec": ObjectSpec}
 _TYPE_NAMES = {cls: key for key, cls in METADATA_TYPES.items()}
@@ -170,6 +175,9 @@ class RemoteOptions(RewardOptions):
     format: Literal["png", "safetensors"] = Field("png", description="payload: 8-bit PNGs or lossless float32")
     granularity: Literal["pointwise", "groupwise", "dense"] = Field(
         "pointwise", description="what the served reward is; the server's answer must agree")
+    layout: Literal["image", "video", "multiview"] = Field(
+        "image", description="the sample layout sent (the served reward must accept it): image batches go as "
+                             "protocol 1, videos and view sets as protocol 2")
     trust_env: bool = Field(False, description="honour HTTP(S)_PROXY / SSL env variables (off: connect directly)")
 
     @field_validator("url")
@@ -207,6 +215,7 @@ class RemoteReward(Reward):
         super().__init__(**options)
         o = self.options
         self.granularity = o.granularity
+        self.layouts = (o.layout,)
         token = o.token.get_secret_value() if o.token is not None else None
         if o.token_env is not None:
             token = os.environ.get(o.token_env)
@@ -221,10 +230,12 @@ class RemoteReward(Reward):
     def compute(self, images: Tensor, prompts: list[str], metadata: list[Any]) -> RewardOutput:
         call = uuid.uuid4().hex[:8]
         ids = [f"{call}/{i}" for i in range(images.shape[0])]
-        body = {"protocol": PROTOCOL, "format": self.options.format, "prompts": prompts, "sample_ids": ids,
-                "metadata": [metadata_to_json(m, f"metadata[{i}]") for i, m in enumerate(metadata)]}
+        layout = self.options.layout
+        body: dict[str, Any] = {"protocol": 1} if layout == "image" else {"protocol": PROTOCOL, "layout": layout}
+        body.update({"format": self.options.format, "prompts": prompts, "sample_ids": ids,
+                     "metadata": [metadata_to_json(m, f"metadata[{i}]") for i, m in enumerate(metadata)]})
         if self.options.format == "png":
-            body["images"] = encode_png(images)
+            body["images"] = encode_png(images) if layout == "image" else [encode_png(x) for x in images]
         else:
             body["tensor"] = encode_safetensors(images)
         data = json.dumps(body).encode()

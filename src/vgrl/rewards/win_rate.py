@@ -97,6 +97,7 @@ class WinRate(Reward):
             raise TypeError(f"reward must be a vgrl Reward (e.g. vgrl.rewards.get('jpeg')), "
                             f"got {type(reward).__name__}")
         self.inner = reward if reward is not None else reward_from_spec(spec, "inner")
+        self.layouts = self.inner.layouts
 
     @classmethod
     def check_config(cls, options: dict[str, Any]) -> bool:

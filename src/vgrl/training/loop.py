@@ -99,7 +99,8 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: str | None 
         if tracker is not None:
             tracker.log(row)
             if cfg.log.grid_every and counters.iteration % cfg.log.grid_every == 0 and images is not None:
-                tracker.image(f"train_{counters.iteration:06d}", images[:64], counters.iteration)
+                tracker.image(f"train_{counters.iteration:06d}", images[:64], counters.iteration,
+                              layout=run.backbone.layout)
         progress.update(row)
         last_eval = None
         if cfg.eval.every and counters.iteration % cfg.eval.every == 0 and not _finished(cfg, counters):
@@ -146,7 +147,8 @@ def iterate(run: Run, counters: Counters) -> tuple[dict, Tensor | None]:
 
         rows = range(len(c.prompts))
         save_rollouts(run.rollout_dir / f"iter_{counters.iteration + 1:05d}", c.images, c.prompts, c.metadata,
-                      scores.tolist(), [i // g for i in rows], [c.ids[i // g] for i in rows], c.traj.seeds.tolist())
+                      scores.tolist(), [i // g for i in rows], [c.ids[i // g] for i in rows], c.traj.seeds.tolist(),
+                      layout=run.backbone.layout)
     batch = prepare(run, c, reward, scores)
     bad = (~torch.isfinite(batch.adv)).nonzero().flatten().tolist()
     if run.dist.any(bool(bad)):
@@ -371,7 +373,7 @@ def evaluate(run: Run, counters: Counters, tracker, grid: str | None) -> dict | 
                 f"reward rose while held-out accuracy fell for {run.monitor.patience} evaluations in a row "
                 "(docs/hacking.md)")
         if grid and res.images is not None:
-            tracker.image(grid, res.images[:run.evaluator.keep_images], counters.iteration)
+            tracker.image(grid, res.images[:run.evaluator.keep_images], counters.iteration, layout=run.backbone.layout)
     run.dist.barrier()
     return result
 

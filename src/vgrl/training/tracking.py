@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from vgrl.evaluation.report import read_metrics
-from vgrl.media import save_grid
+from vgrl.media import save_samples
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -94,9 +94,11 @@ class Tracker:
                 self._writer.add_scalar(tag, value, global_step=row["iteration"])
             self._writer.flush()
 
-    def image(self, name: str, images: Tensor, iteration: int, nrow: int | None = None) -> Path:
-        """Save ``(B, 3, H, W)`` pixels in [0, 1] as ``run_dir/grids/{name}.png`` (scale 3), add it to tensorboard."""
-        path = save_grid(images, self.run_dir / "grids" / f"{name}.png", nrow=nrow, scale=3)
+    def image(self, name: str, images: Tensor, iteration: int, nrow: int | None = None, layout: str = "image") -> Path:
+        """Save a batch of pixels in [0, 1] in ``layout`` as ``run_dir/grids/{name}.png`` (scale 3; a video: one strip
+        of frames per sample, plus ``{name}.gif``; views: one row per sample, :func:`vgrl.media.save_samples`) and
+        add the PNG to tensorboard; returns the PNG's path."""
+        path = save_samples(images, self.run_dir / "grids" / f"{name}.png", layout, nrow=nrow, scale=3)[0]
         if self._writer is not None:
             with Image.open(path) as grid:
                 self._writer.add_image(name, np.asarray(grid.convert("RGB")), iteration, dataformats="HWC")
