@@ -5,7 +5,6 @@ on the working space, grids / GIFs / report.html, saved rollouts and preference 
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -118,7 +117,8 @@ def test_credit_maps_onto_the_working_space_of_any_layout():
         to_working_space(video_map, torch.zeros(2, 4, 4, 4))
 
 
-def test_nft_dense_credit_per_frame():
+def test_nft_dense_credit_per_frame(tiny_backbones):
+    flow = tiny_backbones["flow"]  # its forward process works on any sample shape
     adv, scores = torch.tensor([1.0, -1.0]), torch.tensor([0.75, 0.25])
     video_map = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(2))
     p = dense_optimality(adv, scores, video_map, 1.0, 5.0, 1e-6)
@@ -130,9 +130,9 @@ def test_nft_dense_credit_per_frame():
     x0, eps, pred, old = (torch.randn(2, 3, 2, 4, 4, generator=g) for _ in range(4))
     t = torch.tensor([0.5, 0.25])
     pf = torch.tensor([[0.9, 0.5, 0.1], [0.2, 0.6, 1.0]])
-    nz = noise(SimpleNamespace(prediction="flow"), x0, t, eps)
+    nz = noise(flow, x0, t, eps)
     per, _, _ = nft_terms(pred, old, nz, x0, pf.view(2, 3, 1, 1), 0.5, "none")
-    frames = [nft_terms(pred[:, k], old[:, k], noise(SimpleNamespace(prediction="flow"), x0[:, k], t, eps[:, k]),
+    frames = [nft_terms(pred[:, k], old[:, k], noise(flow, x0[:, k], t, eps[:, k]),
                         x0[:, k], pf[:, k], 0.5, "none")[0] for k in range(3)]
     assert torch.allclose(per, torch.stack(frames, dim=1).mean(dim=1), atol=1e-6)
 
