@@ -111,14 +111,14 @@ class WanPixelBackbone(PipelineBackbone):
     @classmethod
     def tiny(cls, *, resolution: int = 16, count: int = 4, seed: int = 0, dtype: str = "float32",
              prediction: str = "flow") -> WanPixelBackbone:
-        """Random-init tiny Wan: one 3-D transformer layer (2 heads x 8), a 32-wide CLIP text encoder."""
+        """Random-init tiny Wan: one 3-D transformer layer (2 heads x 8, 1x4x4 patches), a 32-wide CLIP text encoder."""
         if prediction != "flow":
             raise ValueError(f"{cls.name}: predicts 'flow' (velocity), not {prediction!r}")
         tokenizer = _tiny.char_tokenizer()
         text = _tiny.clip_text(tokenizer, seed, projection=False)
         torch.manual_seed(seed + 1)
         transformer = WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=3, out_channels=3,
+            patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=8, in_channels=3, out_channels=3,
             text_dim=32, freq_dim=32, ffn_dim=32, num_layers=1, rope_max_seq_len=32)
         pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text, vae=None, transformer=transformer,
                            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
