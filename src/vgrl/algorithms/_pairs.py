@@ -179,6 +179,11 @@ class PairwiseAlgorithm(Algorithm):
         super().__init__(options, reward)
         self._stats: dict[str, float] = {}
 
+    @classmethod
+    def examples(cls) -> list[PairOptions]:
+        """Online pairs from a rollout and offline pairs from a preference dataset."""
+        return [cls.Options(), cls.Options(mode="offline")]
+
     @property
     def needs(self) -> Needs:
         return Needs(reference=True, groups=self.options.mode == "online")
