@@ -16,8 +16,10 @@ pixels. The prompt is ignored.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
@@ -43,6 +45,19 @@ class Aesthetic(Reward):
     differentiable = True
     granularity = "pointwise"
     Options: ClassVar[type[RewardOptions]] = AestheticOptions
+
+    @classmethod
+    def example(cls, root: Path) -> Aesthetic:
+        """On a tiny random-init CLIP and aesthetic head written to ``root`` (the conformance suite's instance)."""
+        from safetensors.torch import save_file
+
+        from vgrl.rewards._hf import PreferenceMLP, write_tiny_clip
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            head = PreferenceMLP(16).state_dict()
+        save_file(head, Path(root) / "head.safetensors")
+        return cls(path=str(write_tiny_clip(Path(root) / "clip")), head=str(Path(root) / "head.safetensors"))
 
     def __init__(self, **options: Any) -> None:
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection

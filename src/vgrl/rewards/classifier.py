@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -150,6 +151,11 @@ class ClassifierReward(Reward):
     differentiable = True
     granularity = "pointwise"
     Options: ClassVar[type[RewardOptions]] = ClassifierOptions
+
+    @classmethod
+    def example(cls, root: Path) -> ClassifierReward:
+        """ImageNet class 0 for every sample, at 64 px to stay cheap (the conformance suite's instance)."""
+        return cls(class_index=0, resolution=64)
 
     def _targets(self, metadata: list[Any]) -> list[int]:
         o = self.options

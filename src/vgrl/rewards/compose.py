@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
@@ -143,6 +144,13 @@ class Compose(Reward):
     differentiable = False  # per instance: every term differentiable
     granularity = "groupwise"  # per instance: see the class docstring
     Options: ClassVar[type[RewardOptions]] = ComposeOptions
+
+    @classmethod
+    def example(cls, root: Path) -> Compose:
+        """Two JPEG terms, unnormalised (a pointwise composition; the conformance suite's instance)."""
+        from vgrl.rewards.jpeg import JpegCompressibility
+
+        return cls([(JpegCompressibility(), 1.0, "jpeg95"), (JpegCompressibility(quality=50), 0.5, "jpeg50")])
 
     def __init__(self, terms: Sequence[tuple[Reward, float, str]], **options: Any) -> None:
         super().__init__(**options)
