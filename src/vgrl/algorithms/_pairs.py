@@ -178,6 +178,11 @@ class PairwiseAlgorithm(Algorithm):
         super().__init__(options, reward)
         self._stats: dict[str, float] = {}
 
+    @classmethod
+    def examples(cls) -> list[PairOptions]:
+        """Online pairs from a rollout and offline pairs from a preference dataset."""
+        return [cls.Options(), cls.Options(mode="offline")]
+
     @property
     def needs(self) -> Needs:
         online = self.options.mode == "online"

@@ -54,11 +54,21 @@ class Algorithm(ABC):
 
     name: ClassVar[str]
     Options: ClassVar[type[AlgorithmOptions]] = AlgorithmOptions
+    # True when, at the rollout's weights, each sample's loss gradient is scaled by its advantage, so that a
+    # batch of zero advantages gives a zero gradient (ratio-based policy gradients, NFT's implicit policies);
+    # the conformance suite checks it. False for weightings with a floor (RWR, RAFT), pairs and reward gradients.
+    advantage_weighted: ClassVar[bool] = False
 
     def __init__(self, options: AlgorithmOptions, reward=None) -> None:
         """``reward``: the run's reward object, for algorithms that call it themselves (reward gradients)."""
         self.options = options
         self.reward = reward
+
+    @classmethod
+    def examples(cls) -> list[AlgorithmOptions]:
+        """Option sets that between them reach every code path with its own contract (offline data, another
+        mode): the conformance suite (tests/conformance/test_algorithms.py) runs each. The defaults by default."""
+        return [cls.Options()]
 
     @property
     @abstractmethod

@@ -63,6 +63,7 @@ class DDPO(Algorithm):
 
     name = "ddpo"
     Options = DDPOOptions
+    advantage_weighted = True
 
     def __init__(self, options: DDPOOptions, reward=None) -> None:
         super().__init__(options, reward=reward)

@@ -51,6 +51,7 @@ class DPOK(Algorithm):
 
     name = "dpok"
     Options = DPOKOptions
+    advantage_weighted = True
 
     @property
     def needs(self) -> Needs:

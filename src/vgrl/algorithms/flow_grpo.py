@@ -41,6 +41,7 @@ class FlowGRPO(Algorithm):
 
     name = "flow_grpo"
     Options = FlowGRPOOptions
+    advantage_weighted = True
 
     @property
     def needs(self) -> Needs:

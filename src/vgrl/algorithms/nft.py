@@ -199,6 +199,7 @@ class NFT(Algorithm):
 
     name = "nft"
     Options = NFTOptions
+    advantage_weighted = True  # zero advantages: p = 1/2, the two implicit policies' gradients cancel
 
     def __init__(self, options: NFTOptions, reward=None) -> None:
         super().__init__(options, reward)

@@ -148,6 +148,11 @@ class RewardBackprop(Algorithm):
                              "RewardBackprop(options, reward=reward)")
         super().__init__(options, reward)
 
+    @classmethod
+    def examples(cls) -> list[RewardBackpropOptions]:
+        """DRaFT-K (the default) and ReFL (a per-sample stop step)."""
+        return [cls.Options(), cls.Options(mode="refl")]
+
     @property
     def needs(self) -> Needs:
         return Needs(differentiable_reward=True)

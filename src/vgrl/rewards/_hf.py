@@ -203,6 +203,24 @@ class ClipEncoder:
 
 
 # -------------------------------------------------------------------------------------- MLP head
+def write_tiny_clip(root: Path, seed: int = 0) -> Path:
+    """A tiny random-init ``CLIPModel`` (30 px, width 32, one layer each side) and a letter-level
+    ``CLIPTokenizer`` saved to ``root``: the directory the CLIP rewards' ``example`` load (no download)."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = {c: i for i, c in enumerate(letters)} | {c + "</w>": 26 + i for i, c in enumerate(letters)}
+    text = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+                max_position_embeddings=16, bos_token_id=62, eos_token_id=63, pad_token_id=63)
+    vision = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4, image_size=30,
+                  patch_size=6)
+    with torch.random.fork_rng(devices=[]), quiet_transformers():
+        torch.manual_seed(seed)
+        CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(root)
+        CLIPTokenizer(vocab=vocab | {"<|startoftext|>": 62, "<|endoftext|>": 63}, merges=[]).save_pretrained(root)
+    return Path(root)
+
+
 @functools.cache
 def preference_mlp() -> type:
     """:class:`PreferenceMLP`, defined at its first use: it subclasses ``torch.nn.Module``, and importing this module

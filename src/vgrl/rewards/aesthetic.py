@@ -16,6 +16,7 @@ pixels. The prompt is ignored.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
@@ -29,6 +30,7 @@ from vgrl.types import RewardOutput
 if TYPE_CHECKING:
     from torch import Tensor
 
+torch = lazy("torch")
 F = lazy("torch.nn.functional")
 
 HINT = " (download openai/clip-vit-large-patch14 and sac+logos+ava1-l14-linearMSE.pth; see docs/rewards/learned.md)"
@@ -47,6 +49,19 @@ class Aesthetic(Reward):
     differentiable = True
     granularity = "pointwise"
     Options: ClassVar[type[RewardOptions]] = AestheticOptions
+
+    @classmethod
+    def example(cls, root: Path) -> Aesthetic:
+        """On a tiny random-init CLIP and aesthetic head written to ``root`` (the conformance suite's instance)."""
+        from safetensors.torch import save_file
+
+        from vgrl.rewards._hf import PreferenceMLP, write_tiny_clip
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            head = PreferenceMLP(16).state_dict()
+        save_file(head, Path(root) / "head.safetensors")
+        return cls(path=str(write_tiny_clip(Path(root) / "clip")), head=str(Path(root) / "head.safetensors"))
 
     def __init__(self, **options: Any) -> None:
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -102,6 +103,14 @@ class Reward(ABC):
         name the options. Returns whether the reward so configured is differentiable."""
         cls.Options.model_validate(options)
         return cls.differentiable
+
+    @classmethod
+    def example(cls, root: Path) -> "Reward":
+        """A cheap valid instance for the conformance suite (``tests/conformance/test_rewards.py``): the default
+        options. A reward with required options overrides it; one that loads a model writes tiny random-init
+        weights of its real classes under ``root`` (an empty directory of its own). One that cannot run in a
+        test process (a server) raises ``NotImplementedError`` saying why, and the suite skips it with that."""
+        return cls()
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.model_dump().items())

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -155,6 +156,11 @@ class ClassifierReward(Reward):
     differentiable = True
     granularity = "pointwise"
     Options: ClassVar[type[RewardOptions]] = ClassifierOptions
+
+    @classmethod
+    def example(cls, root: Path) -> ClassifierReward:
+        """ImageNet class 0 for every sample, at 64 px to stay cheap (the conformance suite's instance)."""
+        return cls(class_index=0, resolution=64)
 
     def _targets(self, metadata: list[Any]) -> list[int]:
         o = self.options

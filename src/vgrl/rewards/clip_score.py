@@ -17,6 +17,7 @@ mode the gradient is zero wherever ``c < 0`` (the clamp).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
@@ -47,6 +48,13 @@ class ClipScore(Reward):
     differentiable = True
     granularity = "pointwise"
     Options: ClassVar[type[RewardOptions]] = ClipScoreOptions
+
+    @classmethod
+    def example(cls, root: Path) -> "ClipScore":
+        """On a tiny random-init CLIP written to ``root`` (the conformance suite's instance)."""
+        from vgrl.rewards._hf import write_tiny_clip
+
+        return cls(path=str(write_tiny_clip(root)))
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, NoReturn
 
 from pydantic import Field, ValidationError
@@ -189,6 +190,13 @@ class Compose(Reward):
     granularity = "groupwise"  # per instance: see the class docstring
     # layouts, per instance: those every term accepts
     Options: ClassVar[type[RewardOptions]] = ComposeOptions
+
+    @classmethod
+    def example(cls, root: Path) -> Compose:
+        """Two JPEG terms, unnormalised (a pointwise composition; the conformance suite's instance)."""
+        from vgrl.rewards.jpeg import JpegCompressibility
+
+        return cls([(JpegCompressibility(), 1.0, "jpeg95"), (JpegCompressibility(quality=50), 0.5, "jpeg50")])
 
     def __init__(self, terms: Sequence[tuple[Reward, float, str]], **options: Any) -> None:
         super().__init__(**options)

@@ -30,6 +30,7 @@ meaningful change), so combine it with a quality reward (``compose``) rather tha
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
@@ -97,6 +98,11 @@ class DiversityReward(Reward):
     differentiable = True
     granularity = "groupwise"
     Options: ClassVar[type[RewardOptions]] = DiversityOptions
+
+    @classmethod
+    def example(cls, root: Path) -> DiversityReward:
+        """Features at 64 px to stay cheap (the conformance suite's instance)."""
+        return cls(resolution=64)
 
     def compute(self, images: Tensor, prompts: list[str], metadata: list[Any]) -> RewardOutput:
         groups, sizes = prompt_groups(prompts, "diversity")

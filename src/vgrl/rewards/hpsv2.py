@@ -144,6 +144,13 @@ class Hpsv2(Reward):
     granularity = "pointwise"
     Options: ClassVar[type[RewardOptions]] = Hpsv2Options
 
+    @classmethod
+    def example(cls, root: Path) -> "Hpsv2":
+        """On a tiny random-init CLIP written to ``root`` (the conformance suite's instance)."""
+        from vgrl.rewards._hf import write_tiny_clip
+
+        return cls(path=str(write_tiny_clip(root)))
+
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         o = self.options

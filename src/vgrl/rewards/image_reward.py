@@ -132,6 +132,30 @@ class ImageReward(Reward):
     granularity = "pointwise"
     Options: ClassVar[type[RewardOptions]] = ImageRewardOptions
 
+    @classmethod
+    def example(cls, root: Path) -> ImageReward:
+        """On a tiny random-init BLIP (vision 32 px, text width 32), head and word tokenizer written to ``root``
+        in the converted layout (the conformance suite's instance)."""
+        from safetensors.torch import save_file
+        from transformers import BertTokenizer, BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
+
+        from vgrl.rewards._hf import PreferenceMLP
+
+        root = Path(root)
+        vcfg = BlipVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+                                image_size=32, patch_size=8, layer_norm_eps=1e-6)
+        tcfg = BlipTextConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                              intermediate_size=48, max_position_embeddings=40, encoder_hidden_size=32)
+        with torch.random.fork_rng(devices=[]), quiet_transformers():
+            torch.manual_seed(3)
+            BlipVisionModel(vcfg).save_pretrained(root / VISION)
+            BlipTextModel(tcfg, add_pooling_layer=False).save_pretrained(root / TEXT)
+            save_file(PreferenceMLP(32).state_dict(), root / HEAD)
+            words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"a photo of red blue circle square".split()]
+            BertTokenizer(vocab={w: i for i, w in enumerate(words)}).save_pretrained(root)
+        (root / META).write_text(json.dumps({"mean": MEAN, "std": STD, "max_length": 16}))
+        return cls(path=str(root))
+
     def __init__(self, **options: Any) -> None:
         from transformers import BertTokenizer, BlipTextModel, BlipVisionModel
 

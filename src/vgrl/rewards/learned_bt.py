@@ -122,6 +122,19 @@ class LearnedBT(Reward):
     granularity = "pointwise"
     Options: ClassVar[type[RewardOptions]] = LearnedBTOptions
 
+    @classmethod
+    def example(cls, root: Path) -> LearnedBT:
+        """On a tiny random-init net written to ``root`` as `vgrl train-reward` writes one (the conformance
+        suite's instance)."""
+        from safetensors.torch import save_file
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(4)
+            net = BTRewardNet(width=8, hidden=16, buckets=64, resolution=32)
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, Path(root) / WEIGHTS)
+        (Path(root) / CONFIG).write_text(json.dumps({"model": net.config}))
+        return cls(path=str(root))
+
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.net = load_model(self.options.path)

@@ -15,6 +15,7 @@ the pixels (as used for reward backprop in e.g. DRaFT, arXiv 2309.17400).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
@@ -41,6 +42,13 @@ class PickScore(Reward):
     differentiable = True
     granularity = "pointwise"
     Options: ClassVar[type[RewardOptions]] = PickScoreOptions
+
+    @classmethod
+    def example(cls, root: Path) -> "PickScore":
+        """On a tiny random-init CLIP written to ``root`` (the conformance suite's instance)."""
+        from vgrl.rewards._hf import write_tiny_clip
+
+        return cls(path=str(write_tiny_clip(root)))
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

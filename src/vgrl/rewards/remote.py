@@ -47,6 +47,7 @@ import random
 import ssl
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from PIL import Image
@@ -210,6 +211,11 @@ class RemoteReward(Reward):
     differentiable = False  # scores come back as numbers: no gradient crosses the wire
     granularity = "pointwise"  # per instance: the ``granularity`` option
     Options: ClassVar[type[RewardOptions]] = RemoteOptions
+
+    @classmethod
+    def example(cls, root: Path) -> RemoteReward:
+        raise NotImplementedError("needs a running reward server; its contract is tested against a loopback "
+                                  "server in tests/unit/test_remote_reward.py")
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

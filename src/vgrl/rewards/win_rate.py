@@ -30,6 +30,7 @@ sample alone in its group raises).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
@@ -86,6 +87,11 @@ class WinRate(Reward):
     differentiable = False
     granularity = "groupwise"
     Options: ClassVar[type[RewardOptions]] = WinRateOptions
+
+    @classmethod
+    def example(cls, root: Path) -> WinRate:
+        """Win rates of the JPEG reward within prompt groups (the conformance suite's instance)."""
+        return cls(inner={"name": "jpeg"})
 
     def __init__(self, reward: Reward | None = None, **options: Any) -> None:
         super().__init__(**options)

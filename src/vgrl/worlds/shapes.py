@@ -309,5 +309,25 @@ class ShapesWorld:
         result = self.checker.judge(det, metas)
         return result, self.checker.credit_map(det, result)
 
+    def mismatched(self, meta: MetaLike) -> PromptMeta:
+        """A prompt of the same category that ``meta``'s ground truth can never satisfy: the fact the
+        category tests, negated (another shape; another count; another colour; swapped colours; the converse
+        relation). The conformance suite's negatives: :meth:`check` must fail every render of ``meta`` on it."""
+        m = _meta(meta)
+        o = m.objects
+        used = {x.shape for x in o}
+        other = [s for s in SHAPES if s not in used]
+        if m.category in ("single_object", "two_object"):
+            objs = tuple(ObjectSpec(s, x.colour, x.count) for x, s in zip(o, other))
+        elif m.category == "counting":
+            objs = (ObjectSpec(o[0].shape, o[0].colour, COUNTS[(COUNTS.index(o[0].count) + 1) % len(COUNTS)]),)
+        elif m.category == "colors":
+            objs = (ObjectSpec(o[0].shape, COLOURS[(COLOURS.index(o[0].colour) + 1) % len(COLOURS)]),)
+        elif m.category == "color_attr":
+            objs = (ObjectSpec(o[0].shape, o[1].colour), ObjectSpec(o[1].shape, o[0].colour))
+        else:  # position
+            return PromptMeta(m.category, o, _CONVERSE[m.relation])
+        return PromptMeta(m.category, objs, m.relation)
+
 
 COMPONENT = ShapesWorld
