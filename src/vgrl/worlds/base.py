@@ -122,13 +122,23 @@ class World(ABC):
         return f"unknown split {split!r} of world {cls.name!r}; valid: {', '.join(cls.splits)}"
 
     @classmethod
-    def category_problem(cls, categories: Sequence[str]) -> str | None:
-        """A one-line message naming the entries of ``categories`` that are not the world's, else None."""
-        unknown = [c for c in categories if c not in cls.categories]
+    def categories_of(cls, split: str) -> tuple[str, ...]:
+        """The categories that have prompts in ``split`` (all of :attr:`categories` unless a world says
+        otherwise; override it torch-free where a split lacks some)."""
+        return cls.categories
+
+    @classmethod
+    def category_problem(cls, categories: Sequence[str], split: str | None = None) -> str | None:
+        """A one-line message naming the entries of ``categories`` that are not the world's (or, given a
+        ``split``, that have no prompt in it), else None."""
+        valid = cls.categories if split is None else cls.categories_of(split)
+        unknown = [c for c in categories if c not in valid]
         if not unknown:
             return None
-        return (f"{', '.join(map(repr, unknown))} not a category of world {cls.name!r}; "
-                f"valid: {', '.join(cls.categories)}")
+        names, tail = ", ".join(map(repr, unknown)), "" if split is None else f" in split {split!r}"
+        if any(c not in cls.categories for c in unknown):
+            return f"{names}: not a category of world {cls.name!r}; valid{tail}: {', '.join(valid)}"
+        return f"{names}: no prompt of split {split!r} of world {cls.name!r}; valid{tail}: {', '.join(valid)}"
 
     def check_split(self, split: str) -> None:
         """Raise :class:`WorldError` unless ``split`` is one of :attr:`splits`."""

@@ -205,6 +205,12 @@ class ShapesWorld(World):
         self.checker = ShapesChecker(PALETTE, BACKGROUND, templates, resolution, **checker_options)
 
     # ------------------------------------------------------------------ prompts
+    @classmethod
+    def categories_of(cls, split: str) -> tuple[str, ...]:
+        """The categories with prompts in ``split`` (``heldout`` has no ``single_object`` prompt)."""
+        present = {p.meta.category for p in _split(split)}
+        return tuple(c for c in CATEGORIES if c in present)
+
     def prompts(self, split: str = "train", category: str | None = None) -> list[Prompt]:
         """The prompts of ``split`` (``train``, ``heldout``, ``paraphrase``), optionally one category."""
         if category is not None and category not in CATEGORIES:
