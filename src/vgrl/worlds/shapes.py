@@ -197,10 +197,11 @@ class ShapesWorld(World):
         if resolution < 32:
             raise ValueError(f"resolution must be >= 32, got {resolution}")
         from vgrl.worlds._shapes_checker import ShapesChecker, occupancy_grid
-        from vgrl.worlds._shapes_render import object_sizes, shape_mask
+        from vgrl.worlds._shapes_render import Renderer, shape_mask
 
         self.resolution = resolution
-        self.sizes = object_sizes(resolution)
+        self.renderer = Renderer(PALETTE, BACKGROUND, resolution, GAP)
+        self.sizes = self.renderer.sizes
         templates = {s: occupancy_grid(shape_mask(s, 61)) for s in SHAPES}
         self.checker = ShapesChecker(PALETTE, BACKGROUND, templates, resolution, **checker_options)
 
@@ -224,15 +225,11 @@ class ShapesWorld(World):
         ``seed``: an int (sample ``i`` is drawn from ``numpy.random.default_rng([seed, i])``) or one
         int per sample (sample ``i`` from ``default_rng(seed[i])``, so it renders the same alone).
         """
-        from vgrl.worlds._shapes_render import render
-
-        return render([_meta(m) for m in metas], seed, self.sizes, self.resolution)
+        return self.renderer.render([_meta(m) for m in metas], seed)
 
     def layout_scene(self, meta: PromptMeta, rng: np.random.Generator) -> list[tuple[str, str, int, int, int]]:
         """A scene for ``meta``: ``(shape, colour, x0, y0, size)`` per object, boxes non-overlapping."""
-        from vgrl.worlds._shapes_render import layout
-
-        return layout(meta, rng, self.sizes, self.resolution)
+        return self.renderer.layout(meta, rng)
 
     # ------------------------------------------------------------------ checking
     def check(self, images: Tensor, metas: Sequence[MetaLike], *, dense: bool = False) -> CheckResult:
