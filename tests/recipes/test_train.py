@@ -228,8 +228,10 @@ def test_data_categories_restrict_the_training_prompts(tmp_path):
     assert {m.category for m in drawn.metas} == {"counting", "position"}
     counts = sum(m.category == "counting" for m in drawn.metas)
     assert 70 < counts < 130  # each selected category is drawn equally often
-    with pytest.raises(TrainingError, match=r"data\.categories: 'count' not in split 'train'.*valid: single_object"):
-        prompt_sampler(config(tmp_path, data={"categories": ["count"]}))
+    # refused when the config is read (vgrl validate), no longer only when the run is built
+    with pytest.raises(ConfigError, match=r"data\.categories: 'count': not a category of world 'shapes'; "
+                                          r"valid in split 'train': single_object"):
+        config(tmp_path, data={"categories": ["count"]})
     with pytest.raises(ConfigError, match=r"data\.categories.*cannot apply to plain prompts"):
         config(tmp_path, prompts=["a red circle"], data={"world": None, "categories": ["counting"]})
 

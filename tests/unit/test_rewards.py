@@ -56,7 +56,7 @@ def world() -> ShapesWorld:
 def test_registry_lists_exactly_the_builtin_rewards():
     assert rewards.available() == registry.available("rewards") == [
         "aesthetic", "classifier", "clip_score", "compose", "diversity", "hpsv2", "image_reward", "jpeg",
-        "learned_bt", "ocr", "pickscore", "remote", "shapes_checker", "shapes_critic", "win_rate"]
+        "learned_bt", "ocr", "pickscore", "remote", "shapes_checker", "shapes_critic", "win_rate", "world_checker"]
     for name in rewards.available():
         cls = registry.resolve("rewards", name)
         assert cls.name == name and isinstance(cls.differentiable, bool)

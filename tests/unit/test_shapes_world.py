@@ -47,7 +47,7 @@ def test_render_deterministic_and_seeded(world):
 def test_render_objects_never_touch(world):
     metas = [PromptMeta("counting", (ObjectSpec("square", "red", 4),))] * 64
     for i, m in enumerate(metas):
-        boxes = [b[2:] for b in world.layout(m, np.random.default_rng(i))]
+        boxes = [b[2:] for b in world.layout_scene(m, np.random.default_rng(i))]
         for j, (x, y, s) in enumerate(boxes):
             assert 1 <= x and x + s <= 31 and 1 <= y and y + s <= 31
             for (x2, y2, s2) in boxes[j + 1:]:

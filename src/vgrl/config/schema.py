@@ -27,7 +27,7 @@ from vgrl import registry
 from vgrl.kernels.options import BUILTIN as KERNEL_OPTIONS
 from vgrl.kernels.options import KernelOptions
 from vgrl.config.train import (AlgorithmConfig, DataConfig, EvalConfig, LogConfig, MixedPrecision, RewardConfig,
-                               TrainConfig, _Named)
+                               TrainConfig, _Named, eval_problems)
 
 # Torch-free capability tables, so that validation can pair kernels with backbones without importing
 # a model. A conformance test keeps them in sync with ``Backbone.predictions`` / ``Kernel.predictions``.
@@ -349,6 +349,7 @@ class RunConfig(BaseModel):
         if self.data.categories is not None and (self.prompts is not None or self.data.world is None):
             problems.append((("data", "categories"), "selects categories of data.world's prompts; it cannot "
                                                      "apply to plain prompts (remove it, or set data.world)"))
+        problems += eval_problems(self.data, self.eval)
         b, g = self.batch_size, self.group_size
         if b % g:
             problems.append((("batch_size",), f"{b} is not divisible by group_size {g}; valid: a multiple "

@@ -20,7 +20,6 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 from vgrl import registry
 
 _MODEL = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-BUILTIN_WORLDS = ("shapes",)
 
 
 def _yaml_no(value: Any) -> Any:
@@ -129,8 +128,9 @@ class DataConfig(BaseModel):
 
     model_config = _MODEL
 
-    world: str | None = Field(None, description="built-in world (shapes) whose prompt split trains the model")
-    split: str = Field("train", description="prompt split of the world")
+    world: str | None = Field(None, description="world (registry name, e.g. shapes, or package.module:Class) whose "
+                                                "prompt split trains the model")
+    split: str = Field("train", description="prompt split of the world (one of the world's splits)")
     categories: list[str] | None = Field(None, min_length=1,
                                          description="train only on these prompt categories of the split "
                                                      "(default: all); each is drawn equally often")
@@ -155,11 +155,51 @@ class DataConfig(BaseModel):
     @field_validator("world")
     @classmethod
     def _known_world(cls, world: str | None) -> str | None:
-        if world is not None and world not in BUILTIN_WORLDS:
-            from vgrl.config.schema import _fail, _suggest
-
-            _fail([((), f"unknown world {world!r}{_suggest(world, BUILTIN_WORLDS)}; valid: {', '.join(BUILTIN_WORLDS)}")])
+        if world is not None:
+            world_class(world)
         return world
+
+    @model_validator(mode="after")
+    def _world_split_and_categories(self) -> DataConfig:
+        """``split`` and ``categories`` are the world's (read from its class: torch-free for built-in worlds)."""
+        if self.world is None:
+            return self
+        from vgrl.config.schema import _fail
+
+        world = world_class(self.world)
+        problems = []
+        if (problem := world.split_problem(self.split)) is not None:
+            problems.append((("split",), problem))
+        elif self.categories is not None and (problem := world.category_problem(self.categories, self.split)):
+            problems.append((("categories",), problem))
+        if problems:
+            _fail(problems)
+        return self
+
+
+def world_class(name: str) -> Any:
+    """The :class:`~vgrl.worlds.base.World` class ``name`` resolves to (a built-in world's module imports no
+    torch); a one-line config error otherwise."""
+    from vgrl import registry
+    from vgrl.config.schema import _check_component, _fail
+    from vgrl.worlds.base import World
+
+    _check_component("worlds", name, ())
+    try:
+        cls = registry.resolve("worlds", name)
+    except registry.RegistryError as e:
+        _fail([((), str(e))])
+    if not (isinstance(cls, type) and issubclass(cls, World)):
+        _fail([((), f"{name!r} is not a vgrl world; valid: a subclass of vgrl.worlds.base.World")])
+    return cls
+
+
+def eval_problems(data: DataConfig, evaluation: EvalConfig) -> list[tuple[tuple, str]]:
+    """``eval.split`` must be a split of ``data.world`` (the held-out evaluation samples it)."""
+    if data.world is None:
+        return []
+    problem = world_class(data.world).split_problem(evaluation.split)
+    return [] if problem is None else [(("eval", "split"), problem)]
 
 
 class LoraConfig(BaseModel):
@@ -228,7 +268,7 @@ class EvalConfig(BaseModel):
     model_config = _MODEL
 
     every: int | None = Field(10, ge=1, description="iterations between evaluations; null = only before/after")
-    split: str = Field("heldout", description="prompt split of the world")
+    split: str = Field("heldout", description="prompt split of data.world the evaluation samples")
     per_category: int = Field(128, ge=1, description="fixed samples per category")
     num_steps: int | None = Field(None, ge=1, description="sampling steps; null = the model's, else sampling.num_steps")
     guidance_scale: float | None = Field(None, ge=1.0, description="null = the model's eval guidance, else sampling's")

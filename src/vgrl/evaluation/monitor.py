@@ -8,9 +8,9 @@ the monitor logs, on the evaluation's fixed prompts and seeds:
   ``monitor_scores``: for a groupwise reward, its pointwise counterpart — a ``win_rate``'s inner reward,
   a standardised ``compose``'s unstandardised weighted sum; omitted, with one warning, for a reward
   that has none, such as ``diversity``);
-* ``gold``: a metric the run does not train on — the world checker's overall strict accuracy (passed
-  with no extra object, ``overall_strict_accuracy``) where the checker reports extra objects, else its
-  accuracy (``overall_accuracy``): GenEval's accuracy alone rises when a policy draws extra objects;
+* ``gold``: a metric the run does not train on — the overall value of the world's headline field where
+  it declares one (``World.fields``; a stricter accuracy that a policy gaming the checker's rules cannot
+  raise, see the world's docs), else the checker's accuracy (``overall_accuracy``);
 * ``diversity``: intra-prompt diversity, the mean over ``diversity_prompts`` prompts of the mean pairwise
   cosine distance ``1 - cos(f_i, f_j)`` between the EfficientNet-lite0 features ``f`` of
   ``diversity_seeds`` samples of that prompt (the deterministic sampler, fixed seeds: only the

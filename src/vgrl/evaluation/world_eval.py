@@ -17,6 +17,7 @@ from rich.progress import Progress
 
 from vgrl.backbones.base import Backbone
 from vgrl.rollout import StepPlan, kernel_for, rollout
+from vgrl.worlds.base import World
 
 
 @dataclass
@@ -31,10 +32,10 @@ class EvalSet:
 
 @dataclass
 class EvalResult:
-    """Accuracy (GenEval pass rate) and mean partial score per category, and overall; where the world's
-    checker reports extra objects (``CheckResult.extra``), the share of samples that draw more objects than
-    the prompt names (a reward-hacking sign GenEval's rules do not penalise) and the strict accuracy (passed
-    with no extra object), per category and overall."""
+    """Accuracy (GenEval pass rate) and mean partial score per category, and overall (the mean over
+    categories); and the world's own fields (``World.fields``), each per category (``fields[key]``) and
+    overall (``overall_fields[key]``), also readable as attributes ``result.<key>`` / ``result.overall_<key>``
+    and written to JSON under those names."""
 
     accuracy: dict[str, float]
     score: dict[str, float]
@@ -42,21 +43,33 @@ class EvalResult:
     overall_score: float
     samples: int
     images: torch.Tensor | None = field(default=None, repr=False)
-    extra_objects: dict[str, float] | None = None
-    overall_extra_objects: float | None = None
-    strict_accuracy: dict[str, float] | None = None    # passed and no extra object
-    overall_strict_accuracy: float | None = None
+    fields: dict[str, dict[str, float]] = field(default_factory=dict)
+    overall_fields: dict[str, float] = field(default_factory=dict)
+    headline: str | None = None  # the world's first headline field: the gold metric of the hacking monitor
+
+    def __getattr__(self, name: str):
+        fields = self.__dict__.get("fields", {})
+        if name in fields:
+            return fields[name]
+        if name.startswith("overall_") and name[len("overall_"):] in fields:
+            return self.__dict__["overall_fields"][name[len("overall_"):]]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def gold(self) -> float:
+        """The headline field's overall value where the world declares one, else the overall accuracy."""
+        return self.overall_accuracy if self.headline is None else self.overall_fields[self.headline]
 
     def as_dict(self) -> dict:
         out = {"overall_accuracy": self.overall_accuracy, "overall_score": self.overall_score,
                "accuracy": self.accuracy, "score": self.score, "samples": self.samples}
-        if self.extra_objects is not None:
-            out.update(overall_extra_objects=self.overall_extra_objects, extra_objects=self.extra_objects,
-                       overall_strict_accuracy=self.overall_strict_accuracy, strict_accuracy=self.strict_accuracy)
+        for key, per_category in self.fields.items():
+            out[f"overall_{key}"] = self.overall_fields[key]
+            out[key] = per_category
         return out
 
 
-def eval_set(world, split: str, per_category: int, seed: int = 0) -> EvalSet:
+def eval_set(world: World, split: str, per_category: int, seed: int = 0) -> EvalSet:
     """The fixed evaluation set: ``per_category`` samples of each category present in ``split``."""
     if per_category < 1:
         raise ValueError(f"per_category must be >= 1, got {per_category}")
@@ -87,13 +100,15 @@ def diversity_set(es: EvalSet, prompts: int, seeds: int) -> EvalSet:
 
 
 @torch.no_grad()
-def evaluate(backbone: Backbone, world, es: EvalSet, *, num_steps: int, guidance_scale: float,
+def evaluate(backbone: Backbone, world: World, es: EvalSet, *, num_steps: int, guidance_scale: float,
              kernel: str = "ode", batch_size: int = 64, keep_images: int = 0, progress: bool = True,
              **kernel_options) -> EvalResult:
     """Sample every prompt of ``es`` with its seed (deterministic sampler unless ``kernel`` says otherwise)."""
     k = kernel_for(backbone, kernel, **kernel_options)
     plan = StepPlan.ode(num_steps) if not k.stochastic else StepPlan.all(num_steps, record=[])
-    passed, scores, extra, kept = [], [], [], []
+    keys = list(world.fields)
+    passed, scores, kept = [], [], []
+    values: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"eval {len(es.texts)} samples", total=len(es.texts))
         for lo in range(0, len(es.texts), batch_size):
@@ -104,7 +119,8 @@ def evaluate(backbone: Backbone, world, es: EvalSet, *, num_steps: int, guidance
             verdict = world.check(images, es.metas[lo:hi])
             passed.append(verdict.passed.float())
             scores.append(verdict.score.float())
-            extra.append(None if verdict.extra is None else (verdict.extra > 0).float())
+            for key in keys:
+                values[key].append(verdict.values[key].float())
             if sum(len(x) for x in kept) < keep_images:
                 kept.append(images.cpu())
             bar.advance(task, hi - lo)
@@ -114,14 +130,12 @@ def evaluate(backbone: Backbone, world, es: EvalSet, *, num_steps: int, guidance
     acc = {c: passed_t[i].mean().item() for c, i in idx.items()}
     sco = {c: scores_t[i].mean().item() for c, i in idx.items()}
     images = torch.cat(kept)[:keep_images] if kept else None
-    result = EvalResult(acc, sco, sum(acc.values()) / len(acc), sum(sco.values()) / len(sco), len(es.texts), images)
-    if all(e is not None for e in extra):
-        extra_t = torch.cat(extra)
-        strict_t = passed_t * (1 - extra_t)
-        result.extra_objects = {c: extra_t[i].mean().item() for c, i in idx.items()}
-        result.overall_extra_objects = sum(result.extra_objects.values()) / len(idx)
-        result.strict_accuracy = {c: strict_t[i].mean().item() for c, i in idx.items()}
-        result.overall_strict_accuracy = sum(result.strict_accuracy.values()) / len(idx)
+    result = EvalResult(acc, sco, sum(acc.values()) / len(acc), sum(sco.values()) / len(sco), len(es.texts), images,
+                        headline=next(iter(world.headline()), None))
+    for key in keys:
+        value_t = torch.cat(values[key])
+        result.fields[key] = {c: value_t[i].mean().item() for c, i in idx.items()}
+        result.overall_fields[key] = sum(result.fields[key].values()) / len(idx)
     return result
 
 
@@ -130,7 +144,7 @@ class WorldEvaluator:
     """A fixed evaluation of one backbone during training: the same prompts, seeds and sampler each time."""
 
     backbone: Backbone
-    world: object
+    world: World
     es: EvalSet
     num_steps: int
     guidance_scale: float
@@ -147,9 +161,8 @@ class WorldEvaluator:
         e = cfg.eval
         meta = read_meta(cfg.backbone.path) if cfg.backbone.path else {}
         world = registry.resolve("worlds", cfg.data.world)(resolution=cfg.backbone.resolution)
-        if e.split not in world.splits:
-            raise ValueError(f"eval.split: unknown split {e.split!r} of world {cfg.data.world!r}; "
-                             f"valid: {', '.join(world.splits)}")
+        if (problem := world.split_problem(e.split)) is not None:
+            raise ValueError(f"eval.split: {problem}")
         steps = e.num_steps or meta.get("eval_steps", cfg.sampling.num_steps)
         guidance = e.guidance_scale or meta.get("eval_guidance", cfg.sampling.guidance_scale)
         return cls(backbone, world, eval_set(world, e.split, e.per_category, e.seed), steps, guidance, e.batch_size)
@@ -195,8 +208,7 @@ def run(model: str, world_name: str = "shapes", split: str = "heldout", *, per_c
                              f"(got {guidance_scale})")
         backbone = NegativeGuidance(backbone, backbones.load(negative_model).to(where))
     world = registry.resolve("worlds", world_name)(resolution=meta.get("resolution", 32))
-    if split not in world.splits:
-        raise ValueError(f"unknown split {split!r} for world {world_name!r}; valid: {', '.join(world.splits)}")
+    world.check_split(split)
     es = eval_set(world, split, per_category, seed)
     result = evaluate(backbone, world, es, num_steps=num_steps, guidance_scale=guidance_scale, kernel=kernel,
                       keep_images=64)
@@ -208,17 +220,14 @@ def run(model: str, world_name: str = "shapes", split: str = "heldout", *, per_c
     if result.images is not None:
         save_grid(result.images, out / "grid.png", nrow=8, scale=3)
     table = Table(title=f"{world_name}/{split}: {Path(label or model).name} ({num_steps} steps, guidance {guidance_scale})")
-    extras = result.extra_objects is not None
-    for col in ("category", "accuracy", "score") + (("extra objects", "strict accuracy") if extras else ()) + (
-            "samples",):
+    labels = [f.label for f in world.fields.values()]
+    for col in ("category", "accuracy", "score", *labels, "samples"):
         table.add_column(col, justify="left" if col == "category" else "right")
     for c in result.accuracy:
-        extra_cell = (f"{result.extra_objects[c]:.3f}", f"{result.strict_accuracy[c]:.3f}") if extras else ()
-        table.add_row(c, f"{result.accuracy[c]:.3f}", f"{result.score[c]:.3f}", *extra_cell,
-                      str(es.categories.count(c)))
-    extra_cell = (f"{result.overall_extra_objects:.3f}", f"{result.overall_strict_accuracy:.3f}") if extras else ()
-    table.add_row("overall", f"{result.overall_accuracy:.3f}", f"{result.overall_score:.3f}", *extra_cell,
-                  str(result.samples))
+        table.add_row(c, f"{result.accuracy[c]:.3f}", f"{result.score[c]:.3f}",
+                      *(f"{result.fields[k][c]:.3f}" for k in world.fields), str(es.categories.count(c)))
+    table.add_row("overall", f"{result.overall_accuracy:.3f}", f"{result.overall_score:.3f}",
+                  *(f"{result.overall_fields[k]:.3f}" for k in world.fields), str(result.samples))
     Console().print(table)
     print(f"wrote {out / 'eval.json'}")
     return result

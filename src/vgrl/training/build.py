@@ -82,6 +82,7 @@ def build(cfg: RunConfig) -> Run:
         raise TrainingError(f"batch_size {cfg.batch_size} (groups of {cfg.group_size}) and train.minibatch_size "
                             f"{cfg.train.minibatch_size} must split evenly over {dist.world} processes")
     reward = component("rewards", "reward", cfg.reward)
+    check_layouts(cfg, reward)
     algorithm = component("algorithms", "algorithm", cfg.algorithm, reward=reward)
     pairs = _preference_data(cfg, algorithm, dist)
     torch.manual_seed(cfg.seed)
@@ -121,7 +122,10 @@ def build(cfg: RunConfig) -> Run:
     sampler = prompt_sampler(cfg)
     generators = {name: torch.Generator().manual_seed(cfg.seed * 1000 + i)
                   for i, name in enumerate(("seeds", "shuffle"))}
-    evaluator = WorldEvaluator.from_config(cfg, backbone) if cfg.data.world else None
+    try:
+        evaluator = WorldEvaluator.from_config(cfg, backbone) if cfg.data.world else None
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
     monitor = None
     if cfg.eval.monitor is not None and evaluator is not None:
         from vgrl.evaluation.monitor import HackingMonitor
@@ -139,6 +143,21 @@ def _preference_data(cfg: RunConfig, algorithm, dist: distributed.Dist):
     try:
         return dataset_for_run(cfg, algorithm, dist.world)
     except ValueError as e:
+        raise TrainingError(str(e)) from None
+
+
+def check_layouts(cfg: RunConfig, reward) -> None:
+    """Refuse, in one line naming both sides, a backbone whose sample layout (``Backbone.layout``, read from the
+    class: no weights are loaded) the reward (``reward.layouts``) or the world (``World.layout``) does not accept."""
+    from vgrl.layouts import LayoutError, check_agree
+
+    backbone = registry.resolve("backbones", cfg.backbone.name)
+    consumers = {f"reward {cfg.reward.name!r}": tuple(reward.layouts)}
+    if cfg.data.world is not None:
+        consumers[f"world {cfg.data.world!r}"] = (registry.resolve("worlds", cfg.data.world).layout,)
+    try:
+        check_agree(f"backbone {cfg.backbone.name!r}", backbone.layout, consumers)
+    except LayoutError as e:
         raise TrainingError(str(e)) from None
 
 
@@ -164,16 +183,13 @@ def prompt_sampler(cfg: RunConfig) -> PromptSampler:
     if cfg.prompts is not None:
         return PromptSampler(list(cfg.prompts), [None] * len(cfg.prompts), list(cfg.prompts), cfg.seed)
     world = registry.resolve("worlds", cfg.data.world)(resolution=cfg.backbone.resolution)
-    if cfg.data.split not in world.splits:
-        raise TrainingError(f"data.split: unknown split {cfg.data.split!r} of world {cfg.data.world!r}; "
-                            f"valid: {', '.join(world.splits)}")
+    problem = world.split_problem(cfg.data.split)
+    if problem is None and cfg.data.categories is not None:
+        problem = world.category_problem(cfg.data.categories, cfg.data.split)
+    if problem is not None:
+        raise TrainingError(f"data.{'split' if cfg.data.split not in world.splits else 'categories'}: {problem}")
     prompts = world.prompts(cfg.data.split)
     if cfg.data.categories is not None:
-        present = list(dict.fromkeys(p.meta.category for p in prompts))
-        unknown = [c for c in cfg.data.categories if c not in present]
-        if unknown:
-            raise TrainingError(f"data.categories: {', '.join(map(repr, unknown))} not in split "
-                                f"{cfg.data.split!r} of world {cfg.data.world!r}; valid: {', '.join(present)}")
         prompts = [p for p in prompts if p.meta.category in cfg.data.categories]
     return PromptSampler([p.text for p in prompts], [p.meta for p in prompts],
                          [p.meta.category for p in prompts], cfg.seed)

@@ -19,11 +19,13 @@ Pipeline, vectorised over the whole batch (numpy):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+
 from vgrl._lazy import lazy
+from vgrl.worlds.base import CheckResult
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -65,8 +67,8 @@ class Detections:
 
 
 @dataclass
-class CheckResult:
-    """The checker's verdict on a batch.
+class ShapesCheckResult(CheckResult):
+    """The shapes checker's verdict on a batch (:class:`~vgrl.worlds.base.CheckResult` plus ``extra``).
 
     Attributes:
         passed: ``(B,)`` bool, every fact of the prompt holds (GenEval's binary score).
@@ -77,19 +79,15 @@ class CheckResult:
             of the largest match or None), ``relation`` (for ``position``: ``name``, ``ok``, ``dx``,
             ``dy``; else None) and ``detections`` (every kept component: ``shape`` (None when
             unknown), ``colour``, ``area``, ``centroid``, ``box``).
+        values: ``extra_objects`` ``(B,)`` bool (``extra > 0``) and ``strict_accuracy`` ``(B,)`` bool (passed
+            with nothing extra drawn): the world's fields (``ShapesWorld.fields``).
         extra: ``(B,)`` int64, kept components beyond the objects the prompt names (``max(0, detections -
             sum of counts)``; unknown shapes count). GenEval's rules let "a X" pass with more objects drawn,
             so a rising share of samples with extras is a sign of the checker's rules being gamed
             (docs/hacking.md).
     """
 
-    passed: Tensor
-    score: Tensor
-    details: list[dict[str, Any]] = field(default_factory=list)
     extra: Tensor | None = None
-
-    def __len__(self) -> int:
-        return self.passed.shape[0]
 
 
 class ShapesChecker:
@@ -208,13 +206,13 @@ class ShapesChecker:
                           np.stack([x0, y0, x1, y1], 1), dist, pixels)
 
     # ------------------------------------------------------------------ rules
-    def check(self, images: Tensor | np.ndarray, metas: Sequence[Any]) -> CheckResult:
+    def check(self, images: Tensor | np.ndarray, metas: Sequence[Any]) -> ShapesCheckResult:
         """Detect and judge; ``metas[i]`` describes ``images[i]``."""
         if len(metas) != len(images):
             raise ValueError(f"{len(images)} images but {len(metas)} prompt metas")
         return self.judge(self.detect(images), metas)
 
-    def judge(self, det: Detections, metas: Sequence[Any]) -> CheckResult:
+    def judge(self, det: Detections, metas: Sequence[Any]) -> ShapesCheckResult:
         b_ = len(metas)
         ns, nc = len(self.shapes), len(self.colours)
         known = det.shape >= 0
@@ -236,8 +234,9 @@ class ShapesChecker:
             details.append({"category": meta.category, "objects": objs, "relation": rel,
                             "detections": dets})
             extra.append(max(0, len(dets) - sum(o.count for o in meta.objects)))
-        return CheckResult(torch.tensor(passed, dtype=torch.bool),
-                           torch.tensor(scores, dtype=torch.float32), details, torch.tensor(extra, dtype=torch.int64))
+        passed_t, extra_t = torch.tensor(passed, dtype=torch.bool), torch.tensor(extra, dtype=torch.int64)
+        values = {"extra_objects": extra_t > 0, "strict_accuracy": passed_t & (extra_t == 0)}
+        return ShapesCheckResult(passed_t, torch.tensor(scores, dtype=torch.float32), details, values, extra=extra_t)
 
     def credit_map(self, det: Detections, result: CheckResult) -> Tensor:
         """``(B, H, W)`` float32 per-pixel credit in [0, 1] (dense reward, HALO / PatchDPO style).

@@ -33,18 +33,15 @@ Splits (disjoint by construction, deterministic; :func:`is_heldout` is the rule)
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence, Union
+from typing import TYPE_CHECKING, ClassVar, Union
 
-import numpy as np
-
-from vgrl._lazy import lazy
-from vgrl.worlds._shapes_checker import CheckResult, ShapesChecker, occupancy_grid
+from vgrl.worlds.base import CheckResult, Prompt, SummaryField, World, WorldError
 
 if TYPE_CHECKING:
+    import numpy as np
     from torch import Tensor
-
-torch = lazy("torch")
 
 SHAPES = ("circle", "square", "triangle", "cross")
 PALETTE = {
@@ -90,12 +87,6 @@ class PromptMeta:
     category: str
     objects: tuple[ObjectSpec, ...]
     relation: str | None = None
-
-
-@dataclass(frozen=True)
-class Prompt:
-    text: str
-    meta: PromptMeta
 
 
 MetaLike = Union[Prompt, PromptMeta]
@@ -164,7 +155,7 @@ def canonical(meta: PromptMeta) -> PromptMeta:
 @functools.lru_cache(maxsize=None)
 def _split(split: str) -> tuple[Prompt, ...]:
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+        raise WorldError(ShapesWorld.split_problem(split))
     if split == "paraphrase":
         return tuple(Prompt(describe(p.meta, _PARA, _PARA["prefix"][i % 2]), p.meta)
                      for i, p in enumerate(_split("train")))
@@ -172,42 +163,32 @@ def _split(split: str) -> tuple[Prompt, ...]:
     return tuple(Prompt(describe(m), m) for m in all_metas() if is_heldout(m) == want)
 
 
-@functools.lru_cache(maxsize=None)
-def shape_mask(shape: str, size: int) -> np.ndarray:
-    """Boolean ``(size, size)`` mask of ``shape`` filling its box, sampled at pixel centres."""
-    c = np.arange(size) + 0.5
-    x, y = np.meshgrid(c, c)
-    m = size / 2
-    if shape == "circle":
-        mask = (x - m) ** 2 + (y - m) ** 2 <= m ** 2
-    elif shape == "square":
-        mask = np.ones((size, size), bool)
-    elif shape == "triangle":  # apex at the top centre, base along the bottom row
-        mask = np.abs(x - m) <= y / 2
-    elif shape == "cross":  # plus sign, arms a third of the side wide
-        mask = (np.abs(x - m) <= size / 6) | (np.abs(y - m) <= size / 6)
-    else:
-        raise ValueError(f"unknown shape {shape!r}; valid: {', '.join(SHAPES)}")
-    mask.setflags(write=False)
-    return mask
-
-
 def _meta(m: MetaLike) -> PromptMeta:
     return m.meta if isinstance(m, Prompt) else m
 
 
-class ShapesWorld:
+class ShapesWorld(World):
     """Prompts, ground-truth renders and a programmatic checker for the ``shapes`` world.
+
+    Besides accuracy and score, its evaluation reports how often a sample draws more objects than its
+    prompt names (``extra_objects``: GenEval's rules let "a X" pass with any number of other objects drawn)
+    and the accuracy that counts such samples as failures (``strict_accuracy``, the headline field).
 
     Args:
         resolution: image side in pixels (>= 32). Object sides are odd, from
             ``max(9, ~0.26 * resolution)`` to ``~0.35 * resolution`` (9-11 px at 32, 17-21 at 64).
-        **checker_options: forwarded to :class:`ShapesChecker` (thresholds).
+        **checker_options: forwarded to :class:`~vgrl.worlds._shapes_checker.ShapesChecker` (thresholds).
     """
 
     name = "shapes"
+    layout = "image"
     categories = CATEGORIES
     splits = SPLITS
+    Meta = PromptMeta
+    fields: ClassVar[dict[str, SummaryField]] = {
+        "extra_objects": SummaryField("extra objects", flag=True),
+        "strict_accuracy": SummaryField("strict accuracy (nothing extra drawn)", headline=True),
+    }
     shapes = SHAPES
     colours = COLOURS
     relations = RELATIONS
@@ -215,18 +196,26 @@ class ShapesWorld:
     def __init__(self, resolution: int = 32, **checker_options):
         if resolution < 32:
             raise ValueError(f"resolution must be >= 32, got {resolution}")
+        from vgrl.worlds._shapes_checker import ShapesChecker, occupancy_grid
+        from vgrl.worlds._shapes_render import Renderer, shape_mask
+
         self.resolution = resolution
-        lo = max(9, int(np.ceil(0.26 * resolution)) | 1)
-        hi = max(lo, (int(0.35 * resolution) - 1) | 1)
-        self.sizes = tuple(range(lo, hi + 1, 2))
+        self.renderer = Renderer(PALETTE, BACKGROUND, resolution, GAP)
+        self.sizes = self.renderer.sizes
         templates = {s: occupancy_grid(shape_mask(s, 61)) for s in SHAPES}
         self.checker = ShapesChecker(PALETTE, BACKGROUND, templates, resolution, **checker_options)
 
     # ------------------------------------------------------------------ prompts
+    @classmethod
+    def categories_of(cls, split: str) -> tuple[str, ...]:
+        """The categories with prompts in ``split`` (``heldout`` has no ``single_object`` prompt)."""
+        present = {p.meta.category for p in _split(split)}
+        return tuple(c for c in CATEGORIES if c in present)
+
     def prompts(self, split: str = "train", category: str | None = None) -> list[Prompt]:
         """The prompts of ``split`` (``train``, ``heldout``, ``paraphrase``), optionally one category."""
         if category is not None and category not in CATEGORIES:
-            raise ValueError(f"unknown category {category!r}; valid: {', '.join(CATEGORIES)}")
+            raise WorldError(f"unknown category {category!r}; valid: {', '.join(CATEGORIES)}")
         return [p for p in _split(split) if category is None or p.meta.category == category]
 
     # ------------------------------------------------------------------ rendering
@@ -236,78 +225,30 @@ class ShapesWorld:
         ``seed``: an int (sample ``i`` is drawn from ``numpy.random.default_rng([seed, i])``) or one
         int per sample (sample ``i`` from ``default_rng(seed[i])``, so it renders the same alone).
         """
-        if isinstance(seed, (int, np.integer)):
-            seeds = [[int(seed), i] for i in range(len(metas))]
-        else:
-            seeds = [int(s) for s in seed]
-        if len(seeds) != len(metas):
-            raise ValueError(f"{len(metas)} prompts but {len(seeds)} seeds")
-        r = self.resolution
-        out = np.empty((len(metas), r, r, 3), np.float32)
-        out[:] = BACKGROUND
-        for img, m, s in zip(out, metas, seeds):
-            for shape, colour, x0, y0, size in self.layout(_meta(m), np.random.default_rng(s)):
-                img[y0:y0 + size, x0:x0 + size][shape_mask(shape, size)] = PALETTE[colour]
-        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+        return self.renderer.render([_meta(m) for m in metas], seed)
 
-    def layout(self, meta: PromptMeta, rng: np.random.Generator) -> list[tuple[str, str, int, int, int]]:
+    def layout_scene(self, meta: PromptMeta, rng: np.random.Generator) -> list[tuple[str, str, int, int, int]]:
         """A scene for ``meta``: ``(shape, colour, x0, y0, size)`` per object, boxes non-overlapping."""
-        objs = []
-        for o in meta.objects:
-            colour = o.colour if o.colour is not None else COLOURS[rng.integers(len(COLOURS))]
-            objs += [(o.shape, colour)] * o.count
-        for attempt in range(200):
-            small = attempt >= 50  # crowded scenes fall back to the smallest size
-            sizes = [self.sizes[0] if small else int(rng.choice(self.sizes)) for _ in objs]
-            boxes: list[tuple[int, int, int]] = []
-            for size in sizes:
-                ok = self._free(boxes, size)
-                if meta.relation is not None and boxes:
-                    ok &= self._related(boxes[0], size, meta.relation)
-                cand = np.flatnonzero(ok)
-                if len(cand) == 0:
-                    break
-                y0, x0 = divmod(int(cand[rng.integers(len(cand))]), ok.shape[1])
-                boxes.append((x0 + 1, y0 + 1, size))
-            if len(boxes) == len(objs):
-                return [(s, c, *b) for (s, c), b in zip(objs, boxes)]
-        raise RuntimeError(f"could not lay out {meta} at resolution {self.resolution}")
-
-    def _grid(self, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Candidate top-left corners (1 px from the border) as broadcastable (n, 1), (1, n) grids."""
-        c = np.arange(1, self.resolution - size)
-        return c[None, :], c[:, None]  # x0, y0
-
-    def _free(self, boxes: list[tuple[int, int, int]], size: int) -> np.ndarray:
-        x0, y0 = self._grid(size)
-        ok = np.ones((y0.shape[0], x0.shape[1]), bool)
-        for bx, by, bs in boxes:
-            ok &= ((x0 + size + GAP <= bx) | (bx + bs + GAP <= x0)
-                   | (y0 + size + GAP <= by) | (by + bs + GAP <= y0))
-        return ok
-
-    def _related(self, first: tuple[int, int, int], size: int, relation: str) -> np.ndarray:
-        """Where the second object may go so that ``first relation second`` holds clearly."""
-        x0, y0 = self._grid(size)
-        dx = (x0 + size / 2) - (first[0] + first[2] / 2)  # > 0: second is right of first
-        dy = (y0 + size / 2) - (first[1] + first[2] / 2)
-        along, across = {"left_of": (dx, dy), "right_of": (-dx, dy),
-                         "above": (dy, dx), "below": (-dy, dx)}[relation]
-        return (along >= (first[2] + size) / 2 + GAP) & (np.abs(across) <= 0.5 * along)
+        return self.renderer.layout(meta, rng)
 
     # ------------------------------------------------------------------ checking
-    def check(self, images: Tensor, metas: Sequence[MetaLike]) -> CheckResult:
-        """Judge ``(B, 3, H, W)`` images in [0, 1] against their prompts (see ``CheckResult``)."""
-        return self.checker.check(images, [_meta(m) for m in metas])
+    def check(self, images: Tensor, metas: Sequence[MetaLike], *, dense: bool = False) -> CheckResult:
+        """Judge ``(B, 3, H, W)`` images in [0, 1] against their prompts.
 
-    def check_dense(self, images: Tensor, metas: Sequence[MetaLike]) -> tuple[CheckResult, Tensor]:
-        """:meth:`check` plus the ``(B, H, W)`` per-pixel credit map (``ShapesChecker.credit_map``)."""
+        Returns a :class:`~vgrl.worlds._shapes_checker.ShapesCheckResult` (``extra``: components beyond the
+        objects the prompt names); ``values``: ``extra_objects`` (``extra > 0``) and ``strict_accuracy``
+        (passed with nothing extra); ``dense``: the ``(B, H, W)`` per-pixel credit map
+        (``ShapesChecker.credit_map``) when asked for.
+        """
         metas = [_meta(m) for m in metas]
+        if not dense:
+            return self.checker.check(images, metas)
         if len(metas) != len(images):
             raise ValueError(f"{len(images)} images but {len(metas)} prompt metas")
         det = self.checker.detect(images)
         result = self.checker.judge(det, metas)
-        return result, self.checker.credit_map(det, result)
+        result.dense = self.checker.credit_map(det, result)
+        return result
 
     def mismatched(self, meta: MetaLike) -> PromptMeta:
         """A prompt of the same category that ``meta``'s ground truth can never satisfy: the fact the
