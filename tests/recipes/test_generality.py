@@ -5,9 +5,6 @@ out-of-tree user's would be: a frames world and a frames backbone (diffusers' ``
 config, samples ``(B, F, 3, H, W)``), and the same for views ``(B, V, 3, H, W)``. Every registered algorithm (all
 have an online mode) trains two iterations on each; and nothing in ``training/`` or ``algorithms/`` branches on
 the modality.
-
-Cases marked ``xfail(strict=False)`` fail on a tree without another helper's contract (named in the reason); the
-lead removes the marks once those branches are merged.
 """
 
 from __future__ import annotations
@@ -50,24 +47,6 @@ ALGORITHMS = {
     "diffusion_dpo": {"mode": "online"},
     "npo": {"mode": "online", "branch": "conditional"},
 }
-NEEDS_REWARD_LAYOUTS = pytest.mark.xfail(
-    strict=False, reason="needs (c) reward inputs of any declared layout (rewards/base.check_inputs refuses 5-D)")
-NEEDS_WORLD_AND_REWARD_LAYOUTS = pytest.mark.xfail(
-    strict=False, reason="needs (a) data.world as package.module:Class (World contract, config) and (c) reward "
-                         "inputs of any declared layout (rewards/base.check_inputs refuses 5-D samples)")
-NEEDS_EDGES = pytest.mark.xfail(
-    strict=False, reason="needs (a) data.world as package.module:Class, (c) reward inputs of any layout and "
-                         "(c) 5-D samples through the edges: training grids (media.image_grid), save_rollouts")
-NEEDS_WORLD_CHECKER = pytest.mark.xfail(
-    strict=False, reason="needs (a) the World contract's generic world_checker reward and data.world by "
-                         "package.module:Class, and (c) reward inputs of any layout")
-NEEDS_LAYOUT_CHECK = pytest.mark.xfail(
-    strict=False, reason="needs (a) the build-time layout check (layouts.check_agree called by training/build)")
-NEEDS_DENSE_ANY_LAYOUT = pytest.mark.xfail(
-    strict=False, reason="needs (c) dense credit for any layout: algorithms/nft._broadcast_p and "
-                         "algorithms/diffusion_dpo.pair_errors refuse samples that are not (B, C, h, w)")
-
-
 def config(tmp_path: Path, modality: str, algorithm: str, **sections):
     backbone, world, reward = MODALITIES[modality]
     data = {
@@ -165,7 +144,6 @@ def test_reward_scores_the_world_check_with_a_gradient(reward_cls, world_cls):
     assert samples.grad is not None and float(samples.grad.abs().sum()) > 0
 
 
-@NEEDS_REWARD_LAYOUTS
 @pytest.mark.parametrize("modality", ["frames", "views"])
 def test_reward_call_accepts_its_layout(modality):
     """Through the Reward contract's own input checks (not only ``compute``)."""
@@ -179,7 +157,6 @@ def test_reward_call_accepts_its_layout(modality):
 # ----------------------------------------------------------------------- training, every algorithm
 
 
-@NEEDS_WORLD_AND_REWARD_LAYOUTS
 @pytest.mark.parametrize("modality", ["frames", "views"])
 @pytest.mark.parametrize("algorithm", list(ALGORITHMS))
 def test_trains_two_iterations(tmp_path, modality, algorithm):
@@ -201,7 +178,6 @@ def test_every_registered_algorithm_is_covered():
     assert set(ALGORITHMS) == set(registry.available("algorithms"))
 
 
-@NEEDS_EDGES
 @pytest.mark.parametrize("modality", ["frames", "views"])
 def test_run_artefacts_of_five_dimensional_samples(tmp_path, modality):
     run_dir = tmp_path / "run"
@@ -216,7 +192,6 @@ def test_run_artefacts_of_five_dimensional_samples(tmp_path, modality):
     assert sorted(p.name for p in (run_dir / "rollouts").iterdir()) == ["iter_00001", "iter_00002"]
 
 
-@NEEDS_WORLD_CHECKER
 def test_generic_world_checker_rewards_a_video_world(tmp_path):
     run_dir = tmp_path / "run"
     cfg = config(tmp_path, "frames", "flow_grpo",
@@ -225,7 +200,6 @@ def test_generic_world_checker_rewards_a_video_world(tmp_path):
     assert weights_changed(FramesBackbone, run_dir)
 
 
-@NEEDS_LAYOUT_CHECK
 def test_layout_mismatch_is_refused_at_build_time_naming_both_sides(tmp_path):
     """An image backbone with the video world and reward: one line naming the backbone and what refuses it."""
     cfg = config(tmp_path, "frames", "flow_grpo", backbone={"name": "flow", "tiny": True, "resolution": 16,
@@ -245,7 +219,6 @@ MODALITY_BRANCH = re.compile(
     r"""|["'](video|multiview)["']|\.modality\b|ndim\s*(==|!=|<|>|<=|>=)\s*[45]\b|shape\[[12]\]\s*(==|!=)\s*3\b""")
 
 
-@NEEDS_DENSE_ANY_LAYOUT
 def test_no_modality_branch_in_training_or_algorithms():
     hits = []
     for folder in ("training", "algorithms"):

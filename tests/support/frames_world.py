@@ -24,10 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-try:
-    from vgrl.worlds.base import CheckResult, Prompt, World
-except ModuleNotFoundError:  # before the World contract lands (issue 21 item 1): see _world_compat
-    from tests.support._world_compat import CheckResult, Prompt, World
+from vgrl.worlds.base import CheckResult, Prompt, World
 
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}  # (dx, dy), y down
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}

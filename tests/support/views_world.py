@@ -28,10 +28,7 @@ from torch import Tensor
 
 from tests.support.frames_world import centroids
 
-try:
-    from vgrl.worlds.base import CheckResult, Prompt, World
-except ModuleNotFoundError:  # before the World contract lands (issue 21 item 1): see _world_compat
-    from tests.support._world_compat import CheckResult, Prompt, World
+from vgrl.worlds.base import CheckResult, Prompt, World
 
 COLOURS = ("red", "green", "blue")  # channel k of colour COLOURS[k]
 WORDING = {"train": "a {} block seen from two sides", "heldout": "two views of a {} block"}
