@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from vgrl import registry
-from vgrl.algorithms._pairs import is_offline, offline_batch
+from vgrl.algorithms._pairs import offline_batch
 from vgrl.data.preferences import PreferenceDataset, write_index
 from vgrl.rewards.base import Reward
 from vgrl.rollout import StepPlan, kernel_for, rollout
@@ -99,7 +99,7 @@ def _kernel(bb, algo):
 def _iteration(algo, bb, pairs, scores, seeds=(11, 12, 13, 14)):
     """One iteration's batch as the trainer builds it: roll out under the algorithm's sampling policy,
     prepare (on CPU), before_update (no grad). Offline: the dataset's pairs instead of a rollout."""
-    if is_offline(algo):
+    if algo.needs.dataset:
         return offline_batch(bb, pairs, [0, 1], torch.tensor(seeds[:2]), STEPS)
     kernel = _kernel(bb, algo)
     cond = bb.encode(PROMPTS, guidance=True).repeat_interleave(G)
@@ -202,7 +202,7 @@ def test_state_round_trip(name, options, bb, pairs):
     resumed = _build(name, options)
     resumed.load_state_dict(_roundtrip(algo.state_dict()))
     _assert_same(resumed.state_dict(), algo.state_dict())
-    if is_offline(algo):
+    if algo.needs.dataset:
         return  # offline batches come from the dataset, not from prepare
     a = _iteration(algo, bb, pairs, SCORES.flip(0), seeds=(21, 22, 23, 24))
     b = _iteration(resumed, bb, pairs, SCORES.flip(0), seeds=(21, 22, 23, 24))
