@@ -9,6 +9,8 @@ import sys
 
 from vgrl.cli import EXIT_CONFIG, EXIT_OK
 
+FEW_HELDOUT_PAIRS = 30  # below this, a pairwise accuracy's 95% interval is wider than +/-0.18
+
 
 def add_commands(sub) -> None:
     """Register the three subcommands on ``sub`` (the ``vgrl`` parser's subparsers)."""
@@ -98,8 +100,12 @@ def cmd_train_reward(args: argparse.Namespace) -> int:
     except (FileNotFoundError, PreferenceDataError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    print(f"held-out pairwise accuracy {result['heldout_accuracy']:.3f} on {result['heldout_pairs']} pairs "
+    n = result["heldout_pairs"]
+    print(f"held-out pairwise accuracy {result['heldout_accuracy']:.3f} on {n} pairs "
           f"(train {result['train_accuracy']:.3f}); saved {args.out}")
+    if n < FEW_HELDOUT_PAIRS:
+        print(f"note: {n} held-out pairs are too few for the accuracy to mean much (95% interval about "
+              f"+/-{min(0.5, 0.98 / n ** 0.5):.2f}); hold out more with --heldout or build more pairs", file=sys.stderr)
     return EXIT_OK
 
 

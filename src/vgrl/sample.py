@@ -70,3 +70,6 @@ def _print_summary(cfg: RunConfig, summary: dict, out: Path) -> None:
     console.print(table)
     console.print(f"{summary['images']} images in {summary['seconds']} s "
                   f"({summary['images_per_second']} images/s) -> {out / 'grid.png'}")
+    if cfg.backbone.tiny:
+        console.print("(backbone.tiny: a random-init model, so the grid is noise; the shipped trained model: "
+                      "configs/shapes_sample.yaml)")
