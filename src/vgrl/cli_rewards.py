@@ -22,6 +22,7 @@ def add_commands(sub) -> None:
 def cmd_serve_reward(args: argparse.Namespace) -> int:
     """Serve a registered reward over HTTP for ``reward: {name: remote, url: ...}`` clients."""
     import os
+    import socket
 
     from vgrl.serve import ServeLimits, build_reward, serve
 
@@ -31,6 +32,14 @@ def cmd_serve_reward(args: argparse.Namespace) -> int:
         if not token:
             print(f"error: --token-env: environment variable {args.token_env!r} is not set or empty", file=sys.stderr)
             return EXIT_CONFIG
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no clash
+            probe.bind((args.host, args.port))
+    except OSError as e:
+        print(f"error: --port {args.port}: cannot listen on {args.host}:{args.port} ({e.strerror or e}); another "
+              "server may hold it: choose another --port", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         reward = build_reward(args.reward, args.option)
         limits = ServeLimits(max_body_bytes=int(args.max_body_mb * 2**20), max_images=args.max_images,
