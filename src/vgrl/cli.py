@@ -143,14 +143,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Train a small base generator on a built-in world and save it as a diffusers pipeline."""
-    from vgrl.pretrain import PretrainSettings, run
+    from pathlib import Path
 
+    from vgrl.pretrain import PretrainSettings, run
+    from vgrl.registry import RegistryError
+
+    if args.vae is not None and not (Path(args.vae) / "config.json").is_file():
+        print(f"error: --vae {args.vae}: not a saved AutoencoderKL folder (no config.json); give a pipeline's vae/ "
+              "folder, e.g. models/shapes-sd/pipeline/vae", file=sys.stderr)
+        return EXIT_CONFIG
     settings = PretrainSettings(family=args.family, world=args.world, steps=args.steps, batch_size=args.batch_size,
                                 lr=args.lr, seed=args.seed, vae=args.vae, vae_steps=args.vae_steps,
                                 threads=args.threads, flow_times=args.flow_times, init=args.init)
     try:
         path = run(settings, args.out)
-    except ValueError as e:
+    except (ValueError, RegistryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     print(f"saved {path}")

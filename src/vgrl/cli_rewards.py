@@ -24,6 +24,7 @@ def cmd_serve_reward(args: argparse.Namespace) -> int:
     import os
     import socket
 
+    from vgrl.registry import RegistryError
     from vgrl.serve import ServeLimits, build_reward, serve
 
     token = args.token
@@ -44,7 +45,7 @@ def cmd_serve_reward(args: argparse.Namespace) -> int:
         reward = build_reward(args.reward, args.option)
         limits = ServeLimits(max_body_bytes=int(args.max_body_mb * 2**20), max_images=args.max_images,
                              max_side=args.max_side)
-    except ValueError as e:  # pydantic's ValidationError is a ValueError too
+    except (ValueError, RegistryError) as e:  # pydantic's ValidationError is a ValueError too
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     serve(reward, args.host, args.port, token, limits)

@@ -237,6 +237,13 @@ def run(s: PretrainSettings, out_dir: str | Path, progress: bool = True) -> Path
     torch.set_num_threads(s.threads)
     torch.manual_seed(s.seed)
     out = Path(out_dir)
+    world = _world(s.world, s.resolution)
+    stream = Stream(world, s.seed)
+    words = sorted({w for split in world.splits for p in world.prompts(split) for w in p.text.split()})
+    tokenizer = _tiny.word_tokenizer(words, max_length=24)
+    init_meta = None
+    if s.init:  # checked before anything is written
+        vae, texts, denoiser, init_meta = load_components(s, tokenizer)
     out.mkdir(parents=True, exist_ok=True)
     metrics = (out / "metrics.jsonl").open("a")
     start = time.perf_counter()
@@ -248,14 +255,7 @@ def run(s: PretrainSettings, out_dir: str | Path, progress: bool = True) -> Path
         if progress:
             print(json.dumps(row), flush=True)
 
-    world = _world(s.world, s.resolution)
-    stream = Stream(world, s.seed)
-    words = sorted({w for split in world.splits for p in world.prompts(split) for w in p.text.split()})
-    tokenizer = _tiny.word_tokenizer(words, max_length=24)
-    init_meta = None
-    if s.init:
-        vae, texts, denoiser, init_meta = load_components(s, tokenizer)
-    else:
+    if not s.init:
         vae = AutoencoderKL.from_pretrained(s.vae) if s.vae else train_vae(stream, s, log)
         texts, denoiser = build_denoiser(s.family, tokenizer, s.resolution, s.seed + 1)
     vae.requires_grad_(False).eval()

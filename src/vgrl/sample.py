@@ -23,10 +23,10 @@ from vgrl.media import save_grid
 
 def run(cfg: RunConfig, out_dir: str | Path) -> dict:
     """Sample ``cfg.batch_size`` images (``cfg.group_size`` per prompt) and write the artefacts."""
+    device = resolve_device(cfg.backbone.device)  # refuses a missing device before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    device = resolve_device(cfg.backbone.device)
     precision = Precision.build(cfg.train.mixed_precision, device)
     torch.manual_seed(cfg.seed)
     set_deterministic(cfg.deterministic, device)

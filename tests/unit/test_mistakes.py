@@ -63,7 +63,7 @@ MISTAKES = [
     ("validate-override-through-scalar", "validate cfg.yaml seed.x=1", "not a mapping"),
     ("validate-unparsable-value", "validate cfg.yaml prompts=[a", "not valid YAML"),
     ("validate-unknown-reward", "validate cfg.yaml reward.name=jpg", "jpeg"),
-    ("validate-unknown-option-flag", "validate cfg.yaml --print", "unrecognized arguments: --print"),
+    ("validate-unknown-option-flag", "validate cfg.yaml --verbose", "unrecognized arguments: --verbose"),
     # train
     ("train-into-a-used-run-folder", "train cfg.yaml --run-dir run", "already holds a run"),
     ("train-resume-with-another-config", "train other.yaml --run-dir run --resume auto", "algorithm.beta"),
@@ -113,6 +113,8 @@ MISTAKES = [
     ("sample-missing-config", "sample nope.yaml", "no such file"),
     ("sample-on-a-missing-gpu", "sample cfg.yaml backbone.device=cuda:0", "cuda"),
     ("pretrain-init-from-a-run-folder", "pretrain --init run --out newbase --steps 1", "--init"),
+    ("pretrain-unknown-world", "pretrain --world shape --out newbase --steps 1", "shapes"),
+    ("pretrain-vae-that-is-no-vae", "pretrain --vae run --out newbase --steps 1", "--vae"),
     ("unknown-command", "trian cfg.yaml", "invalid choice"),
 ]
 
@@ -146,7 +148,7 @@ def test_a_mistake_is_one_line(world, argv, needle, capsys, monkeypatch):
 
 
 def test_a_command_with_stray_arguments_shows_its_own_usage(world, capsys, monkeypatch):
-    err = _one_line_error(["eval", "--model", "run", "--weight", "raw"], world[0], capsys, monkeypatch)
+    err = _one_line_error(["eval", "--model", "run", "--wieghts", "raw"], world[0], capsys, monkeypatch)
     assert err.startswith("usage: vgrl eval")
 
 
