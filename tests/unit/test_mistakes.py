@@ -210,3 +210,12 @@ def test_the_program_prints_no_traceback(world):
                             text=True, timeout=120)
     assert result.returncode == EXIT_CONFIG and "Traceback" not in result.stderr
     assert result.stderr.count("error:") == 1 and result.stderr.startswith("error: empty: neither"), result.stderr
+
+
+def test_resume_auto_says_where_it_resumed_and_takes_the_runs_own_config(world, tmp_path, capsys, monkeypatch):
+    """The way out the refusal above names: the run's own config.yaml continues it, and says from where."""
+    shutil.copytree(world[0] / "run", tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "run/config.yaml", "train.iterations=2", "--run-dir", "run", "--resume", "auto"]) == 0
+    out = capsys.readouterr().out
+    assert f"resuming run from {Path('run') / 'checkpoints' / 'step-000001'} (iteration 1)" in out
