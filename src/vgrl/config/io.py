@@ -6,6 +6,7 @@ No torch here either: ``vgrl validate`` stays fast.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tempfile
@@ -92,10 +93,37 @@ def _read_yaml(path: Path) -> dict:
 
 
 _KEY = re.compile(r"[A-Za-z0-9_]+")
+_NAMED = ("kernel", "reward", "algorithm")  # sections whose options belong to the component they name
+log = logging.getLogger(__name__)
+
+
+def _drop_replaced_options(data: dict, overrides: Sequence[str]) -> None:
+    """``reward.name=remote`` over a config whose reward is another one: drop that reward's options from ``data``
+    (they belong to the component being replaced), saying so on stderr. Options given as overrides stay."""
+    for section in _NAMED:
+        names = [item.partition("=")[2] for item in overrides if item.partition("=")[0].strip() == f"{section}.name"]
+        old = data.get(section)
+        if not names or not isinstance(old, dict):
+            continue
+        try:
+            new = yaml.load(names[-1], Loader=_UniqueKeyLoader)
+        except yaml.YAMLError:
+            continue  # apply_overrides reports it
+        before = old.get("name", RunConfig.model_fields[section].default_factory().name)
+        dropped = [k for k in old if k != "name"]
+        if new != before and dropped:
+            data[section] = {}
+            log.warning(f"note: {section}.name={new} replaces {before!r}: its options {', '.join(dropped)} "
+                        f"are dropped (give {new}'s own as {section}.KEY=VALUE)")
 
 
 def apply_overrides(data: dict, overrides: Sequence[str], file: str | None = None) -> dict:
-    """Set each dotted ``a.b=c`` in ``data`` (in place; values parsed as YAML) and return it."""
+    """Set each dotted ``a.b=c`` in ``data`` (in place; values parsed as YAML) and return it.
+
+    An override of ``kernel.name``, ``reward.name`` or ``algorithm.name`` to another component drops the options
+    ``data`` gave the one it replaces (a note on stderr names them), so ``reward.name=remote reward.url=...``
+    means the remote reward with that url and nothing else, in ``vgrl validate`` and ``vgrl train`` alike."""
+    _drop_replaced_options(data, overrides)
     for item in overrides:
         key, sep, raw = item.partition("=")
         parts = key.strip().split(".")

@@ -229,5 +229,5 @@ def run(model: str, world_name: str = "shapes", split: str = "heldout", *, per_c
     table.add_row("overall", f"{result.overall_accuracy:.3f}", f"{result.overall_score:.3f}",
                   *(f"{result.overall_fields[k]:.3f}" for k in world.fields), str(result.samples))
     Console().print(table)
-    print(f"wrote {out / 'eval.json'}")
+    print(f"wrote {out / 'eval.json'}" + (f" and {out / 'grid.png'}" if result.images is not None else ""))
     return result

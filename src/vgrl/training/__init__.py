@@ -10,3 +10,8 @@ evaluation) never import this package. Importing it is cheap; ``from vgrl.traini
 
 class TrainingError(RuntimeError):
     """The run cannot go on (too many consecutive non-finite steps, a bad resume point, an invalid setting, ...)."""
+
+
+class TrainingFailed(TrainingError):
+    """The run started and could not go on (too many consecutive non-finite steps): ``vgrl train`` exits 1, where
+    every other :class:`TrainingError` (an invalid setting, a bad resume point) is an input error that exits 2."""

@@ -4,21 +4,25 @@ A run writes ``final/pipeline`` only at its end; its ``checkpoints/step-N`` hold
 earlier iterations. :func:`export_checkpoint` rebuilds the run from the ``config.yaml`` in the run folder, restores
 the checkpoint exactly as ``vgrl train --resume`` does, and exports the model the way the trainer exports its final
 one: LoRA merged, the EMA weights (``weights="ema"``, when the run keeps an EMA) or the trained weights themselves
-(``weights="raw"``).
+(``weights="raw"``); ``weights="auto"`` (the default) takes the EMA when the run kept one, as ``final/pipeline`` does.
+:func:`pipeline_dir` gives ``vgrl eval`` a pipeline directory for any model path a user may hold: a pipeline, a
+checkpoint, or a run folder (its newest checkpoint, else its ``final/pipeline``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
 from vgrl.training import checkpoint
 from vgrl.training.checkpoint import CheckpointError
 
-Weights = Literal["ema", "raw"]
+Weights = Literal["auto", "ema", "raw"]
+WEIGHTS = ("auto", "ema", "raw")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -35,11 +39,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
                           + (f"; complete checkpoints beside it: {', '.join(siblings)}" if siblings else ""))
 
 
-def export_checkpoint(path: str | Path, out: str | Path, weights: Weights = "ema") -> Path:
+def export_checkpoint(path: str | Path, out: str | Path, weights: Weights = "auto") -> Path:
     """Export checkpoint ``path`` (or a run folder's newest) to the pipeline directory ``out``; returns ``out``.
 
     The run's ``config.yaml`` (two levels above the checkpoint) says how to build it; the base model it names
     must be where it was at training time (relative paths are read from the working directory, as in training).
+    Which weights were written (``ema`` or ``raw``) is recorded as ``weights`` in ``out/vgrl.json``.
 
     Raises:
         CheckpointError: no checkpoint, no ``config.yaml`` beside it, or ``weights="ema"`` for a run trained
@@ -49,8 +54,8 @@ def export_checkpoint(path: str | Path, out: str | Path, weights: Weights = "ema
     from vgrl.training.state import restore
     from vgrl.training.loop import build, export
 
-    if weights not in ("ema", "raw"):
-        raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     ckpt = resolve_checkpoint(path)
     config = ckpt.parent.parent / "config.yaml"
     if not config.is_file():
@@ -60,9 +65,11 @@ def export_checkpoint(path: str | Path, out: str | Path, weights: Weights = "ema
         cfg = load_config(config, [])
     except ConfigError as e:
         raise CheckpointError(f"{config}: " + "; ".join(e.messages)) from None
-    if weights == "ema" and cfg.train.ema_decay is None:
+    if weights == "auto":
+        weights = "raw" if cfg.train.ema_decay is None else "ema"
+    elif weights == "ema" and cfg.train.ema_decay is None:
         raise CheckpointError(f"{ckpt}: the run was trained without an EMA (train.ema_decay: null in {config}); "
-                              "export its trained weights with --weights raw")
+                              "export its trained weights with --weights raw (or auto)")
     run = build(cfg)
     counters, _ = restore(run, ckpt)
     if weights == "raw":
@@ -70,12 +77,53 @@ def export_checkpoint(path: str | Path, out: str | Path, weights: Weights = "ema
     return export(run, Path(out), counters, extra={"checkpoint": str(ckpt), "weights": weights})
 
 
+def exported_weights(pipeline: str | Path) -> str:
+    """``ema`` or ``raw``: the weights :func:`export_checkpoint` wrote to ``pipeline`` (its ``vgrl.json``)."""
+    return json.loads((Path(pipeline) / "vgrl.json").read_text())["weights"]
+
+
+def is_pipeline(path: str | Path) -> bool:
+    """Whether ``path`` is a diffusers pipeline directory (holds ``model_index.json``)."""
+    return (Path(path) / "model_index.json").is_file()
+
+
+def resolve_model(model: str | Path) -> tuple[Path, str]:
+    """What ``vgrl eval --model`` names: ``(path, kind)`` with kind ``pipeline`` or ``checkpoint``.
+
+    A pipeline directory or a complete checkpoint is itself; a run folder gives its newest complete checkpoint,
+    else its ``final/pipeline``. Anything else raises :class:`CheckpointError` saying what would do."""
+    path = Path(model)
+    if is_pipeline(path):
+        return path, "pipeline"
+    if checkpoint.is_valid(path):
+        return path, "checkpoint"
+    newest = checkpoint.latest(path / "checkpoints")
+    if newest is not None:
+        return newest, "checkpoint"
+    if is_pipeline(path / "final" / "pipeline"):
+        return path / "final" / "pipeline", "pipeline"
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory (expected a diffusers pipeline directory, a "
+                              "checkpoint RUN/checkpoints/step-N or a run folder)")
+    raise CheckpointError(f"{path}: neither a diffusers pipeline directory (model_index.json), nor a complete "
+                          "checkpoint (RUN/checkpoints/step-N), nor a run folder holding one or a final/pipeline")
+
+
 @contextlib.contextmanager
-def pipeline_dir(model: str, weights: Weights = "ema") -> Iterator[str]:
-    """``model`` itself, or a training checkpoint (``RUN/checkpoints/step-N``) exported to a temporary pipeline
-    directory (:func:`export_checkpoint`), removed when the block ends."""
-    if not checkpoint.is_valid(model):
-        yield model
+def pipeline_dir(model: str, weights: Weights = "auto", note: Callable[[str], None] | None = None) -> Iterator[str]:
+    """A pipeline directory for ``model`` (:func:`resolve_model`): a pipeline itself, or a training checkpoint
+    exported to a temporary pipeline directory (:func:`export_checkpoint`), removed when the block ends.
+
+    ``note`` (e.g. ``print``) is told what was resolved when it is not ``model`` itself, and which weights a
+    checkpoint gave."""
+    path, kind = resolve_model(model)
+    if kind == "pipeline":
+        if note is not None and path != Path(model):
+            note(f"{model}: evaluating the run's {path}")
+        yield str(path)
         return
     with tempfile.TemporaryDirectory(prefix="vgrl-eval-") as tmp:
-        yield str(export_checkpoint(model, Path(tmp) / "pipeline", weights))
+        out = export_checkpoint(path, Path(tmp) / "pipeline", weights)
+        if note is not None:
+            note(f"{model}: evaluating checkpoint {path} ({exported_weights(out)} weights)")
+        yield str(out)

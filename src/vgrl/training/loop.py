@@ -41,7 +41,7 @@ from vgrl.training.policy import ema_weights, export_pipeline
 from vgrl.rewards.base import NonFiniteRewardError
 from vgrl.rollout import make_seeds, rollout
 from vgrl.training.build import Run, build
-from vgrl.training import TrainingError
+from vgrl.training import TrainingError, TrainingFailed
 from vgrl.training.state import Counters, restore, resume_point, save
 from vgrl.training.schedule import budget_fraction
 from vgrl.types import Batch, RewardOutput
@@ -65,15 +65,15 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: str | None 
     from vgrl.training.tracking import Progress, Tracker
 
     run_dir = Path(run_dir or cfg.run_dir or "runs/train")
+    start_from = resume_point(run_dir, resume, cfg)  # refuses a used run folder or another run's config, fast
     run = build(cfg)
     counters, before = Counters(), None
-    start_from = resume_point(run_dir, resume)
-    if resume is None and (run_dir / "metrics.jsonl").exists():
-        raise TrainingError(f"{run_dir} already holds a run (metrics.jsonl); continue it with --resume auto, or "
-                            "choose another --run-dir (nothing was overwritten)")
     run.dist.barrier()  # every process has checked before the main one writes
     if start_from is not None:
         counters, before = restore(run, start_from)
+    if resume is not None and run.dist.main:
+        print(f"resuming {run_dir} from {start_from} (iteration {counters.iteration})" if start_from is not None
+              else f"--resume {resume}: no complete checkpoint in {run_dir / 'checkpoints'}; starting afresh")
     _apply_schedule(run, counters)
     if run.dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -315,7 +315,7 @@ def optimizer_step(run: Run, counters: Counters, batch: Batch, minibatches: list
             return {"skipped": 1.0, "scale_overflow": 1.0}
         counters.consecutive_skips += 1
         if counters.consecutive_skips >= run.cfg.train.max_consecutive_skips:
-            raise TrainingError(f"{counters.consecutive_skips} consecutive optimiser steps had a non-finite loss "
+            raise TrainingFailed(f"{counters.consecutive_skips} consecutive optimiser steps had a non-finite loss "
                                 f"or gradient (iteration {counters.iteration + 1}); lower train.lr, check the "
                                 "reward, or raise train.max_consecutive_skips")
         return {"skipped": 1.0}
@@ -341,7 +341,7 @@ def _skip(run: Run, counters: Counters, row: dict, reason: str, prompt_ids: list
     counters.skipped_steps += 1
     counters.consecutive_skips += 1
     if counters.consecutive_skips >= run.cfg.train.max_consecutive_skips:
-        raise TrainingError(f"{counters.consecutive_skips} consecutive steps skipped; last: {reason} for prompts "
+        raise TrainingFailed(f"{counters.consecutive_skips} consecutive steps skipped; last: {reason} for prompts "
                             f"{prompt_ids} at iteration {counters.iteration + 1}")
     row.update(skipped=1.0, skip_reason=reason, skip_prompt_ids=prompt_ids)
     return row

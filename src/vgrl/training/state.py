@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,6 +16,7 @@ from vgrl.device import DeviceError, to_cpu
 from vgrl.training.policy import load_trainable_state, trainable_state
 
 if TYPE_CHECKING:
+    from vgrl.config import RunConfig
     from vgrl.training.build import Run
 
 
@@ -76,14 +77,61 @@ def restore(run: Run, path: Path) -> tuple[Counters, dict | None]:
     return Counters(**s["counters"]), s["before"]
 
 
-def resume_point(run_dir: Path, resume: str | None) -> Path | None:
-    """The checkpoint ``--resume`` names: ``auto`` (the newest complete one, or None), a directory, or None."""
+# Settings a resumed run may change: how long it goes on, how often it saves, where and how it reports.
+RESUMABLE = ("train.iterations", "train.max_minutes", "train.checkpoint_every", "train.keep_checkpoints",
+             "train.threads", "backbone.device", "log.progress", "log.tensorboard", "log.grid_every", "run_dir")
+
+
+def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}, "c": []}`` -> ``{"a.b": 1, "c": []}`` (lists and empty mappings stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_differences(cfg: RunConfig, saved: Path) -> list[str]:
+    """``key: saved -> given`` for each setting of ``cfg`` that differs from the run config ``saved`` (a run's
+    ``config.yaml``), leaving out the :data:`RESUMABLE` ones."""
+    from vgrl.config import ConfigError, load_config
+
+    try:
+        own = load_config(saved, [])
+    except ConfigError as e:
+        raise TrainingError(f"{saved}: the run's own config no longer loads: {'; '.join(e.messages)}") from None
+    a, b = _flat(own.model_dump(mode="json")), _flat(cfg.model_dump(mode="json"))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in dict.fromkeys([*a, *b])
+            if a.get(k) != b.get(k) and k not in RESUMABLE]
+
+
+def resume_point(run_dir: Path, resume: str | None, cfg: RunConfig | None = None) -> Path | None:
+    """The checkpoint ``--resume`` names: ``auto`` (the newest complete one, or None), a directory, or None.
+
+    Raises :class:`TrainingError` (one line, nothing written) when ``resume`` is None but ``run_dir`` already holds
+    a run, when ``resume`` names no complete checkpoint, and when ``cfg`` differs from the run's own
+    ``config.yaml`` in a setting that a resumed run cannot change (everything but :data:`RESUMABLE`)."""
     if resume is None:
+        if (run_dir / "metrics.jsonl").exists():
+            raise TrainingError(f"{run_dir} already holds a run (metrics.jsonl); continue it with --resume auto, or "
+                                "choose another --run-dir (nothing was overwritten)")
         return None
     if resume == "auto":
-        return checkpoint.latest(run_dir / "checkpoints")
-    path = Path(resume)
-    if not checkpoint.is_valid(path):
-        raise TrainingError(f"--resume {resume}: not a complete checkpoint directory; use 'auto' or one of "
-                            f"{[p.name for p in checkpoint.list_checkpoints(run_dir / 'checkpoints')]}")
+        path = checkpoint.latest(run_dir / "checkpoints")
+    else:
+        path = Path(resume)
+        if not checkpoint.is_valid(path):
+            raise TrainingError(f"--resume {resume}: not a complete checkpoint directory; use 'auto' or one of "
+                                f"{[p.name for p in checkpoint.list_checkpoints(run_dir / 'checkpoints')]}")
+    saved = None if path is None else path.parent.parent / "config.yaml"  # the run that wrote the checkpoint
+    if saved is not None and cfg is not None and saved.is_file():
+        diff = config_differences(cfg, saved)
+        if diff:
+            raise TrainingError(f"--resume {resume}: the config differs from the run's own {saved} in "
+                                f"{'; '.join(diff)}; continue the run with its own config: vgrl train {saved} "
+                                f"--run-dir {run_dir} --resume {resume} (a resumed run may change only "
+                                f"{', '.join(RESUMABLE)}), or train the new config in another --run-dir "
+                                "(nothing was written)")
     return path
