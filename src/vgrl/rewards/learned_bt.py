@@ -130,7 +130,7 @@ class LearnedBT(Reward):
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(4)
-            net = BTRewardNet(width=8, hidden=16, buckets=64, resolution=32)
+            net = bt_reward_net()(width=8, hidden=16, buckets=64, resolution=32)
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, Path(root) / WEIGHTS)
         (Path(root) / CONFIG).write_text(json.dumps({"model": net.config}))
         return cls(path=str(root))
