@@ -73,9 +73,12 @@ def test_existing_run_dir_is_refused_without_resume(tmp_path):
 
 
 def test_bad_algorithm_option_names_the_field(tmp_path):
-    cfg = config(tmp_path, algorithm={"name": "flow_grpo", "clip_rnge": 0.1})
-    with pytest.raises(TrainingError, match=r"algorithm\.clip_rnge: Extra inputs are not permitted"):
-        train(cfg, tmp_path / "run")
+    from vgrl.config.schema import ConfigError
+
+    with pytest.raises(ConfigError, match=r"algorithm\.clip_rnge: unknown option 'clip_rnge' .*did you mean "
+                                          r"'clip_range'"):  # refused when the config is read, before any model
+        config(tmp_path, algorithm={"name": "flow_grpo", "clip_rnge": 0.1})
+    assert not (tmp_path / "run").exists()
 
 
 def test_incompatible_kernel_is_one_line(tmp_path):
@@ -211,11 +214,12 @@ def test_compose_reward_from_yaml_logs_every_term(tmp_path):
     assert {"reward/shapes_checker", "reward/size", "reward/size/size_kb", "reward/total"} <= set(row)
     assert row["reward/size"] == pytest.approx(-row["reward/size/size_kb"])   # jpeg compressibility = -size
     assert row["reward_mean"] == pytest.approx(row["reward/total"], abs=1e-6)  # normalise: before -> raw total
-    with pytest.raises(TrainingError, match="reward options for 'compose': compose needs 'terms'"):
-        train(config(tmp_path, reward={"name": "compose"}), tmp_path / "bad")
-    with pytest.raises(TrainingError, match=r"terms\[1\]"):
-        train(config(tmp_path, reward={"name": "compose", "terms": [{"name": "jpeg"}, {"name": "jpg"}]}),
-              tmp_path / "bad2")
+    from vgrl.config.schema import ConfigError  # bad compose specs are refused when the config is read
+
+    with pytest.raises(ConfigError, match="reward.terms: a non-empty list of mappings"):
+        config(tmp_path, reward={"name": "compose"})
+    with pytest.raises(ConfigError, match=r"reward\.terms\.1\.name: unknown reward 'jpg'"):
+        config(tmp_path, reward={"name": "compose", "terms": [{"name": "jpeg"}, {"name": "jpg"}]})
 
 
 def test_data_categories_restrict_the_training_prompts(tmp_path):

@@ -20,16 +20,20 @@ deviations from ``r`` are the checker's.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-import torch
 from pydantic import Field
-from torch import Tensor
 
 from vgrl import registry
+from vgrl._lazy import lazy
 from vgrl.layouts import LAYOUTS
 from vgrl.rewards.base import Reward, RewardInputError, RewardOptions
 from vgrl.types import RewardOutput
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")
 
 
 class WorldCheckerOptions(RewardOptions):
