@@ -37,6 +37,20 @@ def test_newest_checkpoint_exports_the_final_pipeline_bitwise(run_dir, tmp_path)
     assert all(torch.equal(final[k], exported[k]) for k in final)
 
 
+def test_export_builds_the_model_only(run_dir, tmp_path, monkeypatch):
+    """No process group, reward, optimiser or evaluator: exporting never builds a training run."""
+    import vgrl.training.build
+    import vgrl.training.distributed
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("export built a training run")
+
+    monkeypatch.setattr(vgrl.training.build, "build", refuse)
+    monkeypatch.setattr(vgrl.training.distributed, "init", refuse)
+    out = export_checkpoint(run_dir, tmp_path / "newest")
+    assert json.loads((out / "vgrl.json").read_text())["iterations"] == 3
+
+
 def test_earlier_checkpoint_and_raw_weights_are_other_models(run_dir, tmp_path):
     ckpts = run_dir / "checkpoints"
     ema_2 = weights(export_checkpoint(ckpts / "step-000002", tmp_path / "ema2"))

@@ -22,16 +22,12 @@ from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransform
 from torch import Tensor, nn
 
 from vgrl.backbones import _tiny
+from vgrl.backbones._rectified_flow import RectifiedFlow
 from vgrl.backbones.base import DTYPES, PipelineBackbone, read_meta, to_unit
 from vgrl.types import Cond
 
 
-def _per_sample(v: Tensor, like: Tensor) -> Tensor:
-    """``(B,)`` -> float32 ``(B, 1, ..., 1)`` broadcasting against ``like``."""
-    return v.to(torch.float32).reshape(-1, *([1] * (like.ndim - 1)))
-
-
-class WanPixelBackbone(PipelineBackbone):
+class WanPixelBackbone(RectifiedFlow, PipelineBackbone):
     """Rectified flow on pixels with a Wan transformer; ``N`` (frames or views) x 3 x ``H`` x ``W`` samples."""
 
     predictions = ("flow",)
@@ -86,21 +82,6 @@ class WanPixelBackbone(PipelineBackbone):
     def decode(self, x0: Tensor) -> Tensor:
         """``(B, N, 3, H, W)`` pixels in [0, 1] (the working space is pixels in [-1, 1])."""
         return to_unit(x0.float())
-
-    # the forward process (flow matching), as the flow backbone's
-    def train_time(self, u: Tensor) -> Tensor:
-        return u.to(torch.float32)
-
-    def add_noise(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        tt = _per_sample(t, x0)
-        return (1 - tt) * x0 + tt * eps
-
-    def target(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
-        return eps - x0
-
-    def x0_coefficients(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-        tt = _per_sample(t.to(like.device), like)
-        return torch.ones_like(tt), -tt
 
     def trainable(self) -> nn.Module:
         return self.transformer

@@ -18,11 +18,12 @@ from torch import Tensor, nn
 from transformers import CLIPTextModelWithProjection
 
 from vgrl.backbones import _tiny
+from vgrl.backbones._rectified_flow import RectifiedFlow
 from vgrl.backbones.base import DTYPES, PipelineBackbone, check_images, read_meta, to_unit
 from vgrl.types import Cond
 
 
-class FlowBackbone(PipelineBackbone):
+class FlowBackbone(RectifiedFlow, PipelineBackbone):
     """Rectified flow with an MM-DiT transformer; ``prediction = "flow"``."""
 
     name = "flow"
@@ -69,24 +70,6 @@ class FlowBackbone(PipelineBackbone):
     def timesteps(self, num_steps: int) -> Tensor:
         self.scheduler.set_timesteps(num_steps)
         return self.scheduler.sigmas.to(torch.float32).clone()
-
-    def train_time(self, u: Tensor) -> Tensor:
-        """``t = u`` (float32)."""
-        return u.to(torch.float32)
-
-    def add_noise(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        """``(1 - t) x0 + t eps``."""
-        tt = _per_sample(t, x0)
-        return (1 - tt) * x0 + tt * eps
-
-    def target(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
-        """The velocity ``eps - x0``."""
-        return eps - x0
-
-    def x0_coefficients(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-        """``(1, -t)``: ``x0_hat = x_t - t v``."""
-        tt = _per_sample(t, like)
-        return torch.ones_like(tt), -tt
 
     def predict(self, x_t: Tensor, t: Tensor, cond: Cond, guidance_scale: float) -> Tensor:
         timestep = t.to(x_t.device, torch.float32) * self.scheduler.config.num_train_timesteps
@@ -182,11 +165,6 @@ class FlowBackbone(PipelineBackbone):
         if max_sequence_length is None:
             max_sequence_length = read_meta(path).get("max_sequence_length", 256)
         return cls(pipe, resolution=resolution, max_sequence_length=max_sequence_length)
-
-
-def _per_sample(v: Tensor, like: Tensor) -> Tensor:
-    """``(B,)`` -> float32 ``(B, 1, ..., 1)`` on ``like``'s device, broadcasting against ``like``."""
-    return v.to(like.device, torch.float32).reshape(-1, *([1] * (like.ndim - 1)))
 
 
 COMPONENT = FlowBackbone

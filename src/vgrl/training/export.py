@@ -1,10 +1,11 @@
 """A training checkpoint as a diffusers pipeline directory (``vgrl export``), for ``vgrl eval`` or any diffusers code.
 
 A run writes ``final/pipeline`` only at its end; its ``checkpoints/step-N`` hold the complete training state of
-earlier iterations. :func:`export_checkpoint` rebuilds the run from the ``config.yaml`` in the run folder, restores
-the checkpoint exactly as ``vgrl train --resume`` does, and exports the model the way the trainer exports its final
-one: LoRA merged, the EMA weights (``weights="ema"``, when the run keeps an EMA) or the trained weights themselves
-(``weights="raw"``); ``weights="auto"`` (the default) takes the EMA when the run kept one, as ``final/pipeline`` does.
+earlier iterations. :func:`export_checkpoint` rebuilds the model, and only the model (the base backbone, its
+adapters and the EMA), from the ``config.yaml`` in the run folder, loads the checkpoint's weights into it, and
+exports it the way the trainer exports its final one: LoRA merged, the EMA weights (``weights="ema"``, when the run
+keeps an EMA) or the trained weights themselves (``weights="raw"``); ``weights="auto"`` (the default) takes the
+EMA when the run kept one, as ``final/pipeline`` does.
 :func:`pipeline_dir` gives ``vgrl eval`` a pipeline directory for any model path a user may hold: a pipeline, a
 checkpoint, or a run folder (its newest checkpoint, else its ``final/pipeline``).
 """
@@ -51,8 +52,6 @@ def export_checkpoint(path: str | Path, out: str | Path, weights: Weights = "aut
             without an EMA.
     """
     from vgrl.config import ConfigError, load_config
-    from vgrl.training.state import restore
-    from vgrl.training.loop import build, export
 
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
@@ -70,11 +69,56 @@ def export_checkpoint(path: str | Path, out: str | Path, weights: Weights = "aut
     elif weights == "ema" and cfg.train.ema_decay is None:
         raise CheckpointError(f"{ckpt}: the run was trained without an EMA (train.ema_decay: null in {config}); "
                               "export its trained weights with --weights raw (or auto)")
-    run = build(cfg)
-    counters, _ = restore(run, ckpt)
-    if weights == "raw":
-        run.ema = None
-    return export(run, Path(out), counters, extra={"checkpoint": str(ckpt), "weights": weights})
+    backbone, params, ema, saved = _trained_model(cfg, ckpt, weights)
+    counters = saved.state["counters"]
+    return export_model(cfg, backbone, params, ema, Path(out), counters["iteration"], counters["images"],
+                        extra={"checkpoint": str(ckpt), "weights": weights})
+
+
+def _trained_model(cfg, ckpt: Path, weights: str):
+    """The checkpoint's model and nothing else of its run (no process group, reward, optimiser or evaluator): the
+    base backbone of ``cfg``, its LoRA adapters when the run trained some, the saved trainable weights and, for
+    ``weights="ema"``, the EMA of them. Returns ``(backbone, trained params, EMA or None, checkpoint)``."""
+    import torch
+
+    from vgrl import backbones
+    from vgrl.training.policy import add_lora, load_trainable_state
+
+    torch.manual_seed(cfg.seed)  # as training builds it: a tiny random-init base model is a function of the seed
+    backbone = backbones.build(cfg.backbone)
+    module = backbone.trainable()
+    module.eval()
+    lora = cfg.train.lora
+    if lora is not None:
+        add_lora(module, lora.rank, lora.alpha, lora.targets, lora.init_seed)
+    params = [p for p in module.parameters() if p.requires_grad]
+    if cfg.precisions()["train"] != "no":  # mixed precision trains float32 master weights (vgrl.device.Precision)
+        for p in params:
+            p.data = p.data.to(torch.float32)
+    saved = checkpoint.load(ckpt)
+    load_trainable_state(module, saved.trainable)
+    ema = None
+    if weights == "ema":
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(params, decay=cfg.train.ema_decay, use_ema_warmup=False)
+        ema.load_state_dict(saved.state["ema"])
+    return backbone, params, ema, saved
+
+
+def export_model(cfg, backbone, params, ema, out: Path, iterations: int, images: int, extra: dict | None = None) -> Path:
+    """The trained model as a diffusers pipeline directory (the EMA weights when ``ema`` is given, LoRA merged), with
+    its ``vgrl.json``: the base model's sampling settings, the backbone's, the training counters and ``extra``. The
+    trainer's final export and :func:`export_checkpoint` both write through it."""
+    from vgrl.backbones.base import read_meta
+    from vgrl.training.policy import ema_weights, export_pipeline
+
+    meta = read_meta(cfg.backbone.path) if cfg.backbone.path else {}
+    meta.update(backbone.meta())
+    meta.update(trained_by="vgrl train", algorithm=cfg.algorithm.name, iterations=iterations, images=images,
+                **(extra or {}))
+    with ema_weights(ema, params):
+        return export_pipeline(backbone, out, meta)
 
 
 def exported_weights(pipeline: str | Path) -> str:

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from vgrl.config import RunConfig, save_config
-from vgrl.training.policy import ema_weights, export_pipeline
+from vgrl.training.policy import ema_weights
 from vgrl.rewards.base import NonFiniteRewardError
 from vgrl.rollout import make_seeds, rollout
 from vgrl.training.build import Run, build
@@ -395,15 +395,10 @@ def _monitor(run: Run, res) -> dict[str, float]:
 
 def export(run: Run, out: Path, counters: Counters, extra: dict | None = None) -> Path:
     """The trained model as a diffusers pipeline directory (EMA weights when enabled, LoRA merged); ``extra``
-    goes into its ``vgrl.json`` beside the training counters."""
-    from vgrl.backbones.base import read_meta
+    goes into its ``vgrl.json`` beside the training counters (:func:`vgrl.training.export.export_model`)."""
+    from vgrl.training.export import export_model
 
-    meta = read_meta(run.cfg.backbone.path) if run.cfg.backbone.path else {}
-    meta.update(run.backbone.meta())
-    meta.update(trained_by="vgrl train", algorithm=run.cfg.algorithm.name, iterations=counters.iteration,
-                images=counters.images, **(extra or {}))
-    with ema_weights(run.ema, run.params):
-        return export_pipeline(run.backbone, out, meta)
+    return export_model(run.cfg, run.backbone, run.params, run.ema, out, counters.iteration, counters.images, extra)
 
 
 def _apply_schedule(run: Run, counters: Counters) -> None:
