@@ -20,6 +20,7 @@ def test_backbone_table_matches_classes():
     assert set(config.BACKBONE_PREDICTIONS) == set(keys)
     for name in keys:
         assert tuple(registry.resolve("backbones", name).predictions) == config.BACKBONE_PREDICTIONS[name], name
+    assert {name: registry.resolve("backbones", name).layout for name in keys} == config.BACKBONE_LAYOUTS
 
 
 def test_family_lists_come_from_the_registry():

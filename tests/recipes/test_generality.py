@@ -95,6 +95,20 @@ def test_components_agree_on_their_layout(cls, world_cls, reward_cls):
         assert registry.resolve(kind, name) is want
 
 
+def test_config_sizes_the_frames_and_views():
+    """``backbone.frames`` / ``backbone.views`` reach the family as its keyword; a family without it is refused."""
+    from vgrl import backbones
+    from vgrl.config import BackboneConfig
+
+    spec = {"tiny": True, "resolution": 16, "device": "cpu"}
+    frames = backbones.build(BackboneConfig(name="tests.support.frames_backbone:FramesBackbone", frames=2, **spec))
+    views = backbones.build(BackboneConfig(name="tests.support.views_backbone:ViewsBackbone", views=3, **spec))
+    assert frames.sample_shape == (2, 3, 16, 16) and views.sample_shape == (3, 3, 16, 16)
+    with pytest.raises(ValueError, match="backbone.views: backbone 'tests.support.frames_backbone:FramesBackbone' "
+                                         r"\(video samples\) takes no views"):
+        backbones.build(BackboneConfig(name="tests.support.frames_backbone:FramesBackbone", views=2, **spec))
+
+
 @pytest.mark.parametrize("cls,n", [(FramesBackbone, 4), (ViewsBackbone, 2)])
 def test_backbone_samples_its_layout_and_recomputes_exactly(cls, n, tmp_path):
     """A stochastic rollout decodes to ``(B, N, 3, H, W)`` in [0, 1]; recomputed log-probs equal the recorded

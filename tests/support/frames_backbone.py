@@ -8,11 +8,15 @@ from tests.support._wan import WanPixelBackbone
 
 
 class FramesBackbone(WanPixelBackbone):
-    """``F`` frames in time order (``count``, default 4) of ``resolution``-sided RGB pixels."""
+    """``F`` frames in time order (``backbone.frames``, default 4) of ``resolution``-sided RGB pixels."""
 
     name = "frames"
     layout = "video"
     axis = "frames"
+
+    @classmethod
+    def tiny(cls, *, frames: int = 4, **kwargs) -> FramesBackbone:
+        return super().tiny(count=frames, **kwargs)
 
 
 COMPONENT = FramesBackbone

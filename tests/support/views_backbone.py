@@ -8,15 +8,15 @@ from tests.support._wan import WanPixelBackbone
 
 
 class ViewsBackbone(WanPixelBackbone):
-    """``V`` views (``count``, default 2) of one object, ``resolution``-sided RGB pixels each."""
+    """``V`` views (``backbone.views``, default 2) of one object, ``resolution``-sided RGB pixels each."""
 
     name = "views"
     layout = "multiview"
     axis = "views"
 
     @classmethod
-    def tiny(cls, *, count: int = 2, **kwargs) -> ViewsBackbone:
-        return super().tiny(count=count, **kwargs)
+    def tiny(cls, *, views: int = 2, **kwargs) -> ViewsBackbone:
+        return super().tiny(count=views, **kwargs)
 
 
 COMPONENT = ViewsBackbone

@@ -19,17 +19,29 @@ def quiet_loading() -> None:
 
 
 def build(cfg: BackboneConfig) -> Backbone:
-    """The backbone a config names: tiny random-init, or loaded from a local diffusers directory."""
+    """The backbone a config names: tiny random-init, or loaded from a local diffusers directory.
+
+    ``backbone.frames`` / ``backbone.views``, when set, go to the family as the keyword of that name (a video family's
+    ``tiny(frames=...)`` / ``from_pretrained(path, frames=...)``); a family that takes no such keyword is refused."""
+    import inspect
+
     from vgrl import registry
 
     quiet_loading()
     cls = registry.resolve("backbones", cfg.name)
+    sized = {axis: n for axis in ("frames", "views") if (n := getattr(cfg, axis)) is not None}
+    make = cls.tiny if cfg.tiny else cls.from_pretrained
+    takes = inspect.signature(make).parameters
+    for axis in sized:
+        if axis not in takes:
+            raise ValueError(f"backbone.{axis}: backbone {cfg.name!r} ({cls.layout} samples) takes no {axis}; "
+                             "valid: null")
     if cfg.tiny:
-        kwargs = {"resolution": cfg.resolution, "dtype": cfg.dtype}
+        kwargs = {"resolution": cfg.resolution, "dtype": cfg.dtype, **sized}
         if cfg.prediction is not None:
             kwargs["prediction"] = cfg.prediction
         return cls.tiny(**kwargs)
-    backbone = cls.from_pretrained(cfg.path, dtype=cfg.dtype, resolution=cfg.resolution)
+    backbone = cls.from_pretrained(cfg.path, dtype=cfg.dtype, resolution=cfg.resolution, **sized)
     if cfg.prediction is not None and backbone.prediction != cfg.prediction:
         raise ValueError(f"backbone.prediction: the model at {cfg.path} predicts {backbone.prediction!r}, "
                          f"config says {cfg.prediction!r}")

@@ -32,6 +32,10 @@ from vgrl.config.train import (AlgorithmConfig, DataConfig, EvalConfig, LogConfi
 # Torch-free capability tables, so that validation can pair kernels with backbones without importing
 # a model. A conformance test keeps them in sync with ``Backbone.predictions`` / ``Kernel.predictions``.
 BACKBONE_PREDICTIONS: dict[str, tuple[str, ...]] = {"sd": ("epsilon", "v"), "flow": ("flow",)}
+# the sample layout of each built-in family (vgrl.layouts), torch-free; kept equal to the classes' by a conformance test
+BACKBONE_LAYOUTS: dict[str, str] = {"sd": "image", "flow": "image"}
+# the config field that sizes each non-image layout's second axis
+LAYOUT_AXES: dict[str, str] = {"video": "frames", "multiview": "views"}
 KERNEL_PREDICTIONS: dict[str, tuple[str, ...]] = {
     "ddim": ("epsilon", "v"),
     "flow_sde": ("flow",),
@@ -106,6 +110,8 @@ class BackboneConfig(BaseModel):
         None, description="network output; defaults from the backbone (sd: epsilon or the scheduler's, flow: flow)")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     resolution: int = Field(32, ge=8, le=4096, multiple_of=8, description="image side in pixels")
+    frames: int | None = Field(None, ge=1, description="frames per sample of a video family (null: the model's own)")
+    views: int | None = Field(None, ge=1, description="views per sample of a multi-view family (null: the model's own)")
     device: str = Field("auto", description="where the networks run: auto (the launcher's: cuda:LOCAL_RANK "
                                             "when CUDA is available, else cpu) | cpu | cuda | cuda:N")
 
@@ -136,6 +142,12 @@ class BackboneConfig(BaseModel):
         if (self.path is None) != self.tiny:
             loc, what = (("tiny",), "true together with path") if self.tiny else (("path",), "missing")
             _fail([(loc, f"{what}; set exactly one of path (a local diffusers directory) or tiny: true")])
+        layout = BACKBONE_LAYOUTS.get(self.name)
+        for axis in ("frames", "views"):
+            if layout is not None and getattr(self, axis) is not None and LAYOUT_AXES.get(layout) != axis:
+                _fail([((axis,), f"backbone {self.name!r} produces {layout} samples, which have no {axis}; "
+                                 f"set {axis} for a {'video' if axis == 'frames' else 'multi-view'} family, "
+                                 "or null")])
         supported = BACKBONE_PREDICTIONS.get(self.name)
         if supported is None:  # out-of-tree backbone: its prediction is whatever the config says
             return self

@@ -86,7 +86,10 @@ def build(cfg: RunConfig) -> Run:
     algorithm = component("algorithms", "algorithm", cfg.algorithm, reward=reward)
     pairs = _preference_data(cfg, algorithm, dist)
     torch.manual_seed(cfg.seed)
-    backbone = backbones.build(cfg.backbone)
+    try:
+        backbone = backbones.build(cfg.backbone)
+    except ValueError as e:  # a setting the model cannot take (backbone.frames, resolution, prediction)
+        raise TrainingError(str(e)) from None
     try:
         backbone.to(device)
     except NotImplementedError as e:
