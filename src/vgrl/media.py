@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,14 +34,23 @@ def _pixels(samples: Tensor, layout: str) -> np.ndarray:
     return (frames.permute(0, 1, 3, 4, 2).cpu().numpy() * 255).round().astype(np.uint8)
 
 
-def _tile(tiles: np.ndarray, ncol: int, pad: int, scale: int) -> Image.Image:
-    """Tile ``(T, H, W, 3)`` uint8 tiles row by row, ``ncol`` per row, on a white canvas."""
+PASS_COLOUR, FAIL_COLOUR = (40, 160, 60), (210, 40, 40)  # the frame of a checked sample: passed / failed
+
+
+def _tile(tiles: np.ndarray, ncol: int, pad: int, scale: int, ring: Sequence[tuple[int, int, int]] | None = None
+          ) -> Image.Image:
+    """Tile ``(T, H, W, 3)`` uint8 tiles row by row, ``ncol`` per row, on a white canvas; ``ring``: per tile, the
+    colour of the padding around it (a verdict you can read at a glance)."""
     t, h, w, _ = tiles.shape
     rows = math.ceil(t / ncol)
-    canvas = np.full((rows * (h + pad) + pad, ncol * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    gap = pad if ring is None else 2 * pad  # with rings: each its own ``pad`` wide, so neighbours never overlap
+    canvas = np.full((rows * (h + gap) + gap, ncol * (w + gap) + gap, 3), 255, dtype=np.uint8)
     for i in range(t):
         r, c = divmod(i, ncol)
-        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = tiles[i]
+        top, left = gap + r * (h + gap), gap + c * (w + gap)
+        if ring is not None:
+            canvas[top - pad: top + h + pad, left - pad: left + w + pad] = ring[i]
+        canvas[top: top + h, left: left + w] = tiles[i]
     grid = Image.fromarray(canvas)
     if scale > 1:
         grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
@@ -48,24 +58,30 @@ def _tile(tiles: np.ndarray, ncol: int, pad: int, scale: int) -> Image.Image:
 
 
 def image_grid(images: Tensor, nrow: int | None = None, pad: int = 2, scale: int = 1,
-               layout: str = "image") -> Image.Image:
+               layout: str = "image", passed: Sequence[bool] | None = None) -> Image.Image:
     """Tile a batch of pixels in [0, 1] into one RGB image.
 
     ``layout`` image ``(B, 3, H, W)``: ``nrow`` images per row (default: a square). Video ``(B, F, 3, H, W)``
     or multi-view ``(B, V, 3, H, W)``: one row per sample, its frames (views) left to right (``nrow`` unused).
+    ``passed``: per sample, whether a checker passed it: a green frame around it, else red.
     """
     pixels = _pixels(images, layout)
+    ring = None
+    if passed is not None:
+        if len(passed) != len(pixels):
+            raise ValueError(f"image_grid: {len(passed)} verdicts for {len(pixels)} samples")
+        ring = [PASS_COLOUR if ok else FAIL_COLOUR for ok in passed for _ in range(pixels.shape[1])]
     if layout == "image":
-        return _tile(pixels[:, 0], nrow or math.ceil(math.sqrt(len(pixels))), pad, scale)
-    return _tile(pixels.reshape(-1, *pixels.shape[2:]), pixels.shape[1], pad, scale)
+        return _tile(pixels[:, 0], nrow or math.ceil(math.sqrt(len(pixels))), pad, scale, ring)
+    return _tile(pixels.reshape(-1, *pixels.shape[2:]), pixels.shape[1], pad, scale, ring)
 
 
 def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, scale: int = 1,
-              layout: str = "image") -> Path:
+              layout: str = "image", passed: Sequence[bool] | None = None) -> Path:
     """Write :func:`image_grid` as PNG to ``path`` (parents created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(images, nrow=nrow, scale=scale, layout=layout).save(path)
+    image_grid(images, nrow=nrow, scale=scale, layout=layout, passed=passed).save(path)
     return path
 
 
@@ -88,12 +104,12 @@ ANIMATED = ("video",)  # layouts whose samples are also written as an animated G
 
 
 def save_samples(samples: Tensor, path: str | Path, layout: str = "image", nrow: int | None = None,
-                 scale: int = 1) -> list[Path]:
+                 scale: int = 1, passed: Sequence[bool] | None = None) -> list[Path]:
     """The pictures of a batch: ``path`` (PNG, :func:`save_grid`: a strip of frames per video, a row of views
     per view set) and, for the layouts in :data:`ANIMATED`, the same name with ``.gif``
     (:func:`save_animation`). Returns the paths written, the PNG first."""
     path = Path(path)
-    out = [save_grid(samples, path, nrow=nrow, scale=scale, layout=layout)]
+    out = [save_grid(samples, path, nrow=nrow, scale=scale, layout=layout, passed=passed)]
     if layout in ANIMATED:
         out.append(save_animation(samples, path.with_suffix(".gif"), layout, nrow=nrow, scale=scale))
     return out

@@ -33,6 +33,34 @@ def test_grid_rejects_non_rgb():
         image_grid(torch.zeros(2, 1, 4, 4))
 
 
+def test_grid_frames_each_sample_by_its_verdict():
+    from vgrl.media import FAIL_COLOUR, PASS_COLOUR
+
+    images = torch.full((2, 3, 4, 4), 0.5)
+    grid = np.asarray(image_grid(images, nrow=2, pad=1, passed=[True, False]))  # tiles at columns 2-5 and 8-11
+    assert grid.shape == (8, 14, 3) and tuple(grid[0, 0]) == (255, 255, 255)  # a white margin outside the rings
+    assert all(tuple(grid[1, c]) == PASS_COLOUR for c in range(1, 7)) and tuple(grid[4, 6]) == PASS_COLOUR
+    assert all(tuple(grid[6, c]) == FAIL_COLOUR for c in range(7, 13)) and tuple(grid[4, 7]) == FAIL_COLOUR
+    assert (grid[2:6, 2:6] == 128).all() and (grid[2:6, 8:12] == 128).all()  # the pixels themselves untouched
+    video = torch.full((2, 3, 3, 4, 4), 0.5)  # a strip per sample: every frame of sample 1 in red
+    strip = np.asarray(image_grid(video, pad=1, layout="video", passed=[True, False]))
+    assert all(tuple(strip[7, 1 + 6 * k]) == FAIL_COLOUR for k in range(3)) and tuple(strip[1, 1]) == PASS_COLOUR
+    with pytest.raises(ValueError, match="3 verdicts for 2 samples"):
+        image_grid(images, passed=[True, True, False])
+
+
+def test_captioned_grid_is_listed_in_the_report(tmp_path):
+    from vgrl.evaluation.report import write_report
+
+    with Tracker(tmp_path, tensorboard=False) as tracker:
+        tracker.log({"kind": "train", "iteration": 1, "images": 2, "wall_seconds": 1.0, "reward_mean": 0.5})
+        tracker.image("eval_after", torch.rand(2, 3, 4, 4), 1, captions=[("a red <circle>", True), ("a cross", False)])
+    assert json.loads((tmp_path / "grids" / "eval_after.json").read_text()) == [
+        {"prompt": "a red <circle>", "passed": True}, {"prompt": "a cross", "passed": False}]
+    html = write_report(tmp_path).read_text()
+    assert "1 of 2 passed" in html and "&#10003; a red &lt;circle&gt;</li>" in html and "&#10007; a cross</li>" in html
+
+
 def test_svg_plot_has_one_line_per_series():
     svg = svg_line_plot({"a": [(0, 1.0), (1, 0.5)], "b": [(0, 2.0), (1, 3.0)]}, title="t", log_y=True)
     assert svg.startswith("<svg") and svg.count('id="series-') == 2 and ">a</text>" in svg and ">b</text>" in svg

@@ -24,7 +24,8 @@ _SUMMARY_MAIN = ("heldout_accuracy_before", "heldout_accuracy_after", "images_ge
 _STYLE = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 .missing{color:#a33}.row{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
-figure{margin:0}img{image-rendering:pixelated;max-width:100%}pre{background:#f6f6f6;padding:8px}"""
+figure{margin:0}img{image-rendering:pixelated;max-width:100%}pre{background:#f6f6f6;padding:8px}
+.captions{font-size:12px;columns:2;max-width:560px}.pass{color:#286}.fail{color:#b22}"""
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -236,7 +237,22 @@ def _figure(path: Path, caption: str) -> str:
     shown, mime = (gif, "gif") if gif.is_file() else (path, "png")
     data = base64.b64encode(shown.read_bytes()).decode("ascii")
     return (f"<figure><img src='data:image/{mime};base64,{data}' alt='{escape(shown.name)}'>"
-            f"<figcaption>{escape(caption)}</figcaption></figure>")
+            f"<figcaption>{escape(caption)}{_captions(path.with_suffix('.json'))}</figcaption></figure>")
+
+
+def _captions(path: Path) -> str:
+    """The prompts of a captioned grid (``{name}.json`` beside it), row by row, each with its verdict."""
+    if not path.is_file():
+        return ""
+    try:
+        rows = json.loads(path.read_text())
+        items = "".join(f"<li class='{'pass' if r['passed'] else 'fail'}'>{'&#10003;' if r['passed'] else '&#10007;'} "
+                        f"{escape(str(r['prompt']))}</li>" for r in rows)
+    except (ValueError, KeyError, TypeError) as e:
+        return f"<p class='missing'>{escape(path.name)}: unreadable captions ({escape(str(e))})</p>"
+    passed = sum(bool(r["passed"]) for r in rows)
+    return (f"<details><summary>{passed} of {len(rows)} passed (green frame: passed, red: failed); prompts row by "
+            f"row</summary><ol class='captions'>{items}</ol></details>")
 
 
 def _grid_section(grids: Path) -> str:

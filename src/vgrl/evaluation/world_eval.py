@@ -46,6 +46,7 @@ class EvalResult:
     fields: dict[str, dict[str, float]] = field(default_factory=dict)
     overall_fields: dict[str, float] = field(default_factory=dict)
     headline: str | None = None  # the world's first headline field: the gold metric of the hacking monitor
+    passed: torch.Tensor | None = field(default=None, repr=False)  # (samples,) bool, each sample's verdict
 
     def __getattr__(self, name: str):
         fields = self.__dict__.get("fields", {})
@@ -131,7 +132,7 @@ def evaluate(backbone: Backbone, world: World, es: EvalSet, *, num_steps: int, g
     sco = {c: scores_t[i].mean().item() for c, i in idx.items()}
     images = torch.cat(kept)[:keep_images] if kept else None
     result = EvalResult(acc, sco, sum(acc.values()) / len(acc), sum(sco.values()) / len(sco), len(es.texts), images,
-                        headline=next(iter(world.headline()), None))
+                        headline=next(iter(world.headline()), None), passed=passed_t.bool())
     for key in keys:
         value_t = torch.cat(values[key])
         result.fields[key] = {c: value_t[i].mean().item() for c, i in idx.items()}
@@ -218,7 +219,7 @@ def run(model: str, world_name: str = "shapes", split: str = "heldout", *, per_c
               "guidance_scale": guidance_scale, "kernel": kernel, "seed": seed, **result.as_dict()}
     (out / "eval.json").write_text(json.dumps(record, indent=2))
     if result.images is not None:
-        save_grid(result.images, out / "grid.png", nrow=8, scale=3)
+        save_grid(result.images, out / "grid.png", nrow=8, scale=3, passed=result.passed[:len(result.images)].tolist())
     table = Table(title=f"{world_name}/{split}: {Path(label or model).name} ({num_steps} steps, guidance {guidance_scale})")
     labels = [f.label for f in world.fields.values()]
     for col in ("category", "accuracy", "score", *labels, "samples"):

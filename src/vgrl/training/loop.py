@@ -375,7 +375,9 @@ def evaluate(run: Run, counters: Counters, tracker, grid: str | None) -> dict | 
                 f"reward rose while held-out accuracy fell for {run.monitor.patience} evaluations in a row "
                 "(docs/hacking.md)")
         if grid and res.images is not None:
-            tracker.image(grid, res.images[:run.evaluator.keep_images], counters.iteration, layout=run.backbone.layout)
+            n = min(len(res.images), run.evaluator.keep_images)
+            captions = list(zip(run.evaluator.es.texts[:n], res.passed[:n].tolist()))
+            tracker.image(grid, res.images[:n], counters.iteration, layout=run.backbone.layout, captions=captions)
     run.dist.barrier()
     return result
 

@@ -94,11 +94,18 @@ class Tracker:
                 self._writer.add_scalar(tag, value, global_step=row["iteration"])
             self._writer.flush()
 
-    def image(self, name: str, images: Tensor, iteration: int, nrow: int | None = None, layout: str = "image") -> Path:
+    def image(self, name: str, images: Tensor, iteration: int, nrow: int | None = None, layout: str = "image",
+              captions: list[tuple[str, bool]] | None = None) -> Path:
         """Save a batch of pixels in [0, 1] in ``layout`` as ``run_dir/grids/{name}.png`` (scale 3; a video: one strip
         of frames per sample, plus ``{name}.gif``; views: one row per sample, :func:`vgrl.media.save_samples`) and
-        add the PNG to tensorboard; returns the PNG's path."""
-        path = save_samples(images, self.run_dir / "grids" / f"{name}.png", layout, nrow=nrow, scale=3)[0]
+        add the PNG to tensorboard; returns the PNG's path. ``captions``: per sample its prompt and the checker's
+        verdict, drawn as a green / red frame and written beside it as ``{name}.json`` (report.html lists them)."""
+        passed = None if captions is None else [ok for _, ok in captions]
+        path = save_samples(images, self.run_dir / "grids" / f"{name}.png", layout, nrow=nrow, scale=3,
+                            passed=passed)[0]
+        if captions is not None:
+            _atomic_write(path.with_suffix(".json"),
+                          json.dumps([{"prompt": p, "passed": bool(ok)} for p, ok in captions], indent=1))
         if self._writer is not None:
             with Image.open(path) as grid:
                 self._writer.add_image(name, np.asarray(grid.convert("RGB")), iteration, dataformats="HWC")
