@@ -48,6 +48,9 @@ class FramesWorld(World):
                 out[i, f, :, 4:8, x:x + 4] = 1.0
         return out
 
+    def mismatched(self, meta):
+        return FrameMeta("still" if meta.category == "moving" else "moving")
+
     def check(self, samples, metas, *, dense=False):
         import torch
 

@@ -158,6 +158,11 @@ class World(ABC):
         deterministic in ``seed`` (an int for the batch, or one per sample)."""
 
     @abstractmethod
+    def mismatched(self, meta: Any) -> Any:
+        """A meta of the same category that a ground-truth render of ``meta`` cannot satisfy (the fact the category
+        tests, negated): the conformance suite's negatives, since only the world knows them."""
+
+    @abstractmethod
     def check(self, samples: Tensor, metas: Sequence[Any], *, dense: bool = False) -> CheckResult:
         """Judge ``samples`` (in :attr:`layout`) against their prompts' metas: ``passed``, ``score``, the
         world's ``values`` (every key of :attr:`fields`) and, with ``dense=True``, the credit map."""
