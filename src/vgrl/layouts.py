@@ -47,12 +47,6 @@ def describe(layout: str) -> str:
     return f"{layout} ({', '.join(LAYOUTS[layout])})"
 
 
-def ndim(layout: str) -> int:
-    """Number of dimensions of a batch in ``layout`` (batch axis included)."""
-    check_name(layout)
-    return len(LAYOUTS[layout])
-
-
 def check_samples(samples: Tensor, layout: str, who: str = "samples", channels: int | None = 3) -> None:
     """Raise :class:`LayoutError` unless ``samples`` is a batch in ``layout`` (with ``channels`` channels, when given)."""
     dims = LAYOUTS.get(layout)
@@ -67,15 +61,6 @@ def as_frames(samples: Tensor, layout: str) -> Tensor:
     """``(B, N, C, H, W)`` view of a batch: ``N = 1`` for an image, the frames or views otherwise."""
     check_samples(samples, layout, channels=None)
     return samples.unsqueeze(1) if layout == "image" else samples
-
-
-def from_frames(frames: Tensor, layout: str) -> Tensor:
-    """Inverse of :func:`as_frames`."""
-    if layout == "image":
-        if frames.shape[1] != 1:
-            raise LayoutError(f"an image batch has one frame per sample, got {frames.shape[1]}")
-        return frames[:, 0]
-    return frames
 
 
 def check_agree(producer: str, layout: str, consumers: dict[str, tuple[str, ...]]) -> None:
