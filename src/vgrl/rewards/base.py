@@ -106,8 +106,8 @@ class Reward(ABC):
 
     @classmethod
     def example(cls, root: Path) -> "Reward":
-        """A cheap valid instance for the conformance suite (``tests/conformance/test_rewards.py``): the default
-        options. A reward with required options overrides it; one that loads a model writes tiny random-init
+        """A cheap valid instance for the conformance suite (``tests/conformance/test_reward_conformance.py``):
+        the default options. A reward with required options overrides it; one that loads a model writes tiny random-init
         weights of its real classes under ``root`` (an empty directory of its own). One that cannot run in a
         test process (a server) raises ``NotImplementedError`` saying why, and the suite skips it with that."""
         return cls()
